@@ -1,0 +1,172 @@
+"""Cost of a (pruned) network: FLOPs and parameters by fvcore, latency measured on a device.
+
+fvcore counts one multiply-add as one flop, so every FLOPs figure autoprune shows is MACs.
+:class:`CostModel` predicts the fvcore counts of any policy without building the network; it is
+calibrated from fvcore's per-module counts on the dense network and is exact for the layers
+Torch-Pruning prunes (tests check it against fvcore on pruned networks).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.space import SearchSpace
+
+FLOPS_LABEL = "FLOPs (MACs, fvcore)"
+
+
+def fvcore_flops(model: nn.Module, example_inputs: torch.Tensor, by_module: bool = False) -> int | dict[str, int]:
+    """fvcore's FLOP count (multiply-adds) of ``model`` on ``example_inputs``; per module if asked."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model, example_inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        result = analysis.by_module() if by_module else analysis.total()
+    model.train(was_training)
+    return {k: int(v) for k, v in result.items()} if by_module else int(result)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (what fvcore's ``parameter_count`` reports for the whole model)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+class CostModel:
+    """Predicts fvcore FLOPs and parameter counts of any policy's pruned network in microseconds.
+
+    Every leaf module's dense FLOPs and each parameter tensor scale with the kept fraction of the
+    unit that prunes its output channels and of the unit that prunes its input channels. fvcore
+    counts outside leaf modules (functional pooling, say) are calibrated by pruning each unit once.
+
+    Args:
+        model: the dense network.
+        example_inputs: the input FLOPs are counted on.
+        space: the search space whose units vary.
+        prune: builds a pruned network from kept channels (used only to calibrate non-module counts).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, space: SearchSpace, prune=None) -> None:
+        self.space = space
+        index = {u.name: i for i, u in enumerate(space.units)}
+        self._channels = np.array([u.channels for u in space.units] + [1], dtype=np.float64)
+        roles: dict[str, dict[str, int]] = {}
+        for u in space.units:
+            for module_name, role in u.members:
+                roles.setdefault(module_name, {})[role] = index[u.name]
+        none = len(space.units)  # index of the constant factor 1
+
+        per_module = fvcore_flops(model, example_inputs, by_module=True)
+        self.dense_flops = per_module[""]
+        leaves = [n for n, m in model.named_modules() if not any(True for _ in m.children())]
+        flops, f_out, f_in = [], [], []
+        for name in leaves:
+            r = roles.get(name)
+            if r is None:  # not pruned by any unit: counted in the calibrated residual
+                continue
+            flops.append(per_module.get(name, 0))
+            f_out.append(r.get("both", r.get("out", none)))
+            f_in.append(none if "both" in r else r.get("in", none))
+        self._flops = np.array(flops, dtype=np.float64)
+        self._f_out, self._f_in = np.array(f_out), np.array(f_in)
+
+        params, p_out, p_in = [], [], []
+        for name, module in model.named_modules():
+            r = roles.get(name, {})
+            for p in module.parameters(recurse=False):
+                params.append(p.numel())
+                p_out.append(r.get("both", r.get("out", none)))
+                p_in.append(r.get("in", none) if p.dim() >= 2 and "both" not in r else none)
+        self._params = np.array(params, dtype=np.float64)
+        self._p_out, self._p_in = np.array(p_out), np.array(p_in)
+        self.dense_params = int(self._params.sum())
+
+        self._residual = float(self.dense_flops - self._flops.sum())
+        self._residual_slope = np.zeros(len(space.units) + 1)
+        if self._residual and prune is not None:
+            self._calibrate_residual(example_inputs, prune)
+
+    def _fractions(self, kept: Mapping[str, int]) -> np.ndarray:
+        counts = np.array([kept.get(u.name, u.channels) for u in self.space.units] + [1], dtype=np.float64)
+        return counts / self._channels
+
+    def flops(self, kept: Mapping[str, int]) -> int:
+        """fvcore FLOPs (MACs) of the network keeping ``kept[unit]`` channels per unit."""
+        frac = self._fractions(kept)
+        leaf = float(np.dot(self._flops, frac[self._f_out] * frac[self._f_in]))
+        counts = frac * self._channels
+        residual = self._residual + float(np.dot(self._residual_slope, counts - self._channels))
+        return int(round(leaf + residual))
+
+    def params(self, kept: Mapping[str, int]) -> int:
+        """Parameter count of the network keeping ``kept[unit]`` channels per unit."""
+        frac = self._fractions(kept)
+        return int(round(float(np.dot(self._params, frac[self._p_out] * frac[self._p_in]))))
+
+    def _calibrate_residual(self, example_inputs: torch.Tensor, prune) -> None:
+        """Fit FLOPs counted outside pruned leaf modules as linear in each unit's channel count.
+
+        One probe with every unit halved settles the common case (the residual does not vary);
+        otherwise each unit is probed alone.
+        """
+        halved = {u.name: max(1, u.channels // 2) for u in self.space.units}
+        if fvcore_flops(prune(halved), example_inputs) == self.flops(halved):
+            return
+        for i, u in enumerate(self.space.units):
+            k = max(1, u.channels // 2)
+            if k == u.channels:
+                continue
+            kept = {u.name: k}
+            self._residual_slope[i] = 0.0
+            measured = fvcore_flops(prune(kept), example_inputs)
+            self._residual_slope[i] = (measured - self.flops(kept)) / (k - u.channels)
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    device: torch.device | str = "cpu",
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+) -> float:
+    """Median wall time of one forward pass, in milliseconds.
+
+    Args:
+        model: the network (moved to ``device`` for the measurement).
+        example_inputs: the batch to time.
+        device: where to run; CUDA timings synchronise before reading the clock.
+        repeats: timed forward passes; the median is returned.
+        warmup: untimed passes first.
+        threads: CPU threads during the measurement (default: leave as set).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = example_inputs.to(device)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 1e3 * statistics.median(times)

@@ -1,0 +1,113 @@
+"""Assembling the parts an environment preset names: network, weights, data splits, space, Evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+from autoprune.evaluate import Evaluator, LatencySettings
+from autoprune.presets import EnvConfig, load_space
+from autoprune.proxy import Proxy, predict, recalibrate_batchnorm
+from autoprune.space import SearchSpace
+from autoprune.zoo.datasets import CIFAR10_MEAN, CIFAR10_STD, load_split
+from autoprune.zoo.digits import pretrained_digits_cnn
+from autoprune.zoo.images import ImageSet
+from autoprune.zoo.models import build_model
+from autoprune.zoo.weights import load_weights
+
+BUILTIN_WEIGHTS = "builtin"
+
+
+@dataclass
+class DataOptions:
+    """Where data and weights come from, and how checkpoints are read."""
+
+    data_dir: str | Path | None = None
+    weights_dir: str | Path | None = None
+    download: bool = False
+    trust_checkpoint: bool = False
+
+
+@dataclass
+class Experiment:
+    """One network with its data, search space and Evaluator, as an environment preset describes."""
+
+    config: EnvConfig
+    model: nn.Module
+    weights_source: str
+    example_inputs: torch.Tensor
+    space: SearchSpace
+    evaluator: Evaluator
+    options: DataOptions = field(default_factory=DataOptions)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: EnvConfig,
+        options: DataOptions | None = None,
+        device: str = "cpu",
+        latency: LatencySettings | None = None,
+    ) -> Experiment:
+        """Build the network, load its weights and data, find its search space and make the Evaluator.
+
+        Raises:
+            AutopruneError: for an unknown model, missing/mismatched weights, missing data, bad space.
+        """
+        options = options or DataOptions()
+        model, source = load_network(config, options)
+        example_inputs = torch.zeros(config.input_shape)
+        space = SearchSpace.from_model(model, example_inputs, load_space(config.search_space))
+        proxy_settings = dict(config.proxy)
+        proxy_split = _split(config, "proxy", options)
+        n_images = proxy_settings.pop("images", None)
+        if n_images is not None:
+            if n_images < 1:
+                raise ConfigError(f"proxy images must be >= 1, got {n_images}")
+            proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
+        calibration = _split(config, "calibration", options)
+        proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
+        evaluator = Evaluator(model, example_inputs, space, proxy, config.criterion, latency)
+        return cls(config, model, source, example_inputs, space, evaluator, options)
+
+    def split(self, role_or_name: str) -> ImageSet:
+        """A data split by role (``proxy``, ``report``, ``calibration``) or by split name."""
+        name = self.config.splits.get(role_or_name, role_or_name)
+        return load_split(self.config.dataset, name, self.options.data_dir, self.options.download, *_norm(self.config))
+
+    def accuracy(self, network: nn.Module, split: str = "report", recalibrate: bool = True) -> float:
+        """Top-1 accuracy of ``network`` on a split, after BN recalibration on the Evaluator's batches."""
+        network = network.to(self.evaluator.proxy.device)
+        if recalibrate:
+            recalibrate_batchnorm(network, self.evaluator.proxy.calibration)
+        data = self.split(split)
+        images, labels = data.batch(slice(None), self.evaluator.proxy.device)
+        return (predict(network, images, self.evaluator.proxy.batch_size) == labels).float().mean().item()
+
+
+def load_network(config: EnvConfig, options: DataOptions) -> tuple[nn.Module, str]:
+    """The preset's network with its weights loaded, and where the weights came from."""
+    if config.weights == BUILTIN_WEIGHTS:
+        if config.model != "digits-cnn":
+            raise ConfigError(f"weights 'builtin' exist only for digits-cnn, not {config.model}; pass --weights")
+        return pretrained_digits_cnn(), "builtin (trained at first use, cached)"
+    model = build_model(config.model, config.num_classes)
+    if config.weights is None:
+        raise ConfigError(f"env {config.name!r} names no weights for {config.model}; pass --weights")
+    source = load_weights(model, config.model, config.weights, options.weights_dir, options.trust_checkpoint)
+    return model.eval(), source
+
+
+def _norm(config: EnvConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean = tuple(config.normalize.get("mean", CIFAR10_MEAN))
+    std = tuple(config.normalize.get("std", CIFAR10_STD))
+    return mean, std
+
+
+def _split(config: EnvConfig, role: str, options: DataOptions) -> ImageSet:
+    if role not in config.splits:
+        raise ConfigError(f"env {config.name!r} names no {role} split (splits: {config.splits})")
+    return load_split(config.dataset, config.splits[role], options.data_dir, options.download, *_norm(config))

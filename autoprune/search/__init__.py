@@ -1,0 +1,25 @@
+"""Searchers by method name; every one runs on the shared Evaluator and one Budget."""
+
+from __future__ import annotations
+
+from autoprune.errors import ConfigError
+from autoprune.search.base import SearchResult, Searcher
+from autoprune.search.random import RandomSearcher
+from autoprune.search.uniform import UniformSearcher
+
+SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (UniformSearcher, RandomSearcher)}
+
+
+def get_searcher(method: str) -> type[Searcher]:
+    """The searcher class registered as ``method``.
+
+    Raises:
+        ConfigError: for an unknown method, listing the valid ones.
+    """
+    try:
+        return SEARCHERS[method]
+    except KeyError:
+        raise ConfigError(f"unknown search method {method!r}; choose one of {', '.join(SEARCHERS)}") from None
+
+
+__all__ = ["SEARCHERS", "RandomSearcher", "SearchResult", "Searcher", "UniformSearcher", "get_searcher"]

@@ -1,0 +1,108 @@
+"""The searcher base: an ask/tell loop over the shared Evaluator that keeps the books.
+
+A subclass implements :meth:`Searcher._ask` (propose the next policy, or None when done) and may
+implement :meth:`Searcher._tell` (learn from a candidate). The base validates each proposal against
+the search space, evaluates it, marks whether it meets the budget, tracks the best candidate and
+reports progress. A searcher never prunes or scores a network itself.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoprune.budget import Budget
+from autoprune.errors import ConfigError
+from autoprune.evaluate import Candidate, Evaluator
+from autoprune.policy import Policy
+from autoprune.projection import check_reachable, project
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the best candidate within budget and the whole history."""
+
+    method: str
+    seed: int
+    budget: Budget
+    limit: float
+    best: Candidate | None
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def evaluations(self) -> int:
+        """Number of evaluated candidates (cached repeats included)."""
+        return len(self.candidates)
+
+
+class Searcher(ABC):
+    """Proposes policies and reads back candidates until its evaluation budget is spent.
+
+    Args:
+        evaluator: the shared Evaluator.
+        budget: the resource budget every returned policy must meet.
+        evals: maximum number of evaluations.
+        seed: seed of every random choice the searcher makes.
+
+    Raises:
+        ConfigError: if ``evals`` is below 1.
+        BudgetError: if the budget cannot be met in the search space.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, evaluator: Evaluator, budget: Budget, evals: int = 100, seed: int = 0) -> None:
+        if evals < 1:
+            raise ConfigError(f"`evals >= 1` must hold, but got evals={evals}")
+        self.evaluator = evaluator
+        self.space = evaluator.space
+        self.budget = budget
+        self.evals = evals
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.cost = evaluator.cost_of(budget.metric)
+        self.limit = budget.limit(evaluator.dense_cost(budget.metric)) if budget.relative else budget.value
+        check_reachable(self.space, self.cost, self.limit, str(budget))
+
+    def project(self, shape: Mapping[str, float], fill: bool = True) -> Policy:
+        """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`)."""
+        return project(shape, self.space, self.cost, self.limit, fill=fill)
+
+    def within_budget(self, candidate: Candidate) -> bool:
+        """Whether the candidate's cost in the budget's metric is at most the limit."""
+        return self.cost(candidate.kept) <= self.limit
+
+    def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
+        """Run the ask/tell loop; ``on_candidate(candidate, best)`` is called after each evaluation."""
+        start = time.perf_counter()
+        result = SearchResult(self.name, self.seed, self.budget, self.limit, best=None)
+        while result.evaluations < self.evals:
+            proposal = self._ask()
+            if proposal is None:
+                break
+            policy, meta = proposal if isinstance(proposal, tuple) else (proposal, {})
+            self.space.check_policy(policy)
+            candidate = self.evaluator.evaluate(policy, {"method": self.name, **meta})
+            feasible = candidate.ok and self.within_budget(candidate)
+            candidate.meta["within_budget"] = feasible
+            result.candidates.append(candidate)
+            if feasible and (result.best is None or candidate.proxy_acc > result.best.proxy_acc):  # type: ignore[operator]
+                result.best = candidate
+            self._tell(candidate)
+            if on_candidate is not None:
+                on_candidate(candidate, result.best)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @abstractmethod
+    def _ask(self) -> Policy | tuple[Policy, dict[str, Any]] | None:
+        """The next policy to evaluate (optionally with metadata to record), or None to stop."""
+
+    def _tell(self, candidate: Candidate) -> None:
+        """Learn from an evaluated candidate (default: nothing)."""

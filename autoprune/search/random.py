@@ -1,0 +1,18 @@
+"""Random search (EagleEye-style): sample policy shapes, project each onto the budget, keep the best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprune.policy import Policy
+from autoprune.search.base import Searcher
+
+
+class RandomSearcher(Searcher):
+    """Samples each unit's ratio uniformly in its bounds, then projects the sample onto the budget."""
+
+    name = "random"
+
+    def _ask(self) -> tuple[Policy, dict[str, Any]]:
+        sample = {u.name: float(self.rng.uniform(u.min_ratio, u.max_ratio)) for u in self.space.units}
+        return self.project(sample), {"sample": sample}

@@ -1,0 +1,19 @@
+"""Uniform pruning: one ratio for every unit, solved for the budget."""
+
+from __future__ import annotations
+
+from autoprune.policy import Policy
+from autoprune.search.base import Searcher
+
+
+class UniformSearcher(Searcher):
+    """Evaluates the single uniform policy that meets the budget as closely as rounding allows."""
+
+    name = "uniform"
+    _proposed = False
+
+    def _ask(self) -> Policy | None:
+        if self._proposed:
+            return None
+        self._proposed = True
+        return self.project({n: 0.0 for n in self.space.names}, fill=False)

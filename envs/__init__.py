@@ -1,0 +1,1 @@
+"""Environment presets (YAML), shipped as the package data ``autoprune.envs``."""
