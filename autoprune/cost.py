@@ -24,12 +24,12 @@ FLOPS_LABEL = "FLOPs (MACs, fvcore)"
 
 def fvcore_flops(model: nn.Module, example_inputs: torch.Tensor, by_module: bool = False) -> int | dict[str, int]:
     """fvcore's FLOP count (multiply-adds) of ``model`` on ``example_inputs``; per module if asked."""
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
         analysis = FlopCountAnalysis(model, example_inputs)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         result = analysis.by_module() if by_module else analysis.total()
@@ -116,20 +116,28 @@ class CostModel:
     def _calibrate_residual(self, example_inputs: torch.Tensor, prune) -> None:
         """Fit FLOPs counted outside pruned leaf modules as linear in each unit's channel count.
 
-        One probe with every unit halved settles the common case (the residual does not vary);
-        otherwise each unit is probed alone.
+        Such counts (a functional pooling over a unit's channels, say) only grow with channels, so a
+        set of units probed together whose prediction already matches fvcore holds no unit that
+        changes them; sets that do not match are split in halves (group testing), so few probes
+        are needed when few units matter.
         """
-        halved = {u.name: max(1, u.channels // 2) for u in self.space.units}
-        if fvcore_flops(prune(halved), example_inputs) == self.flops(halved):
-            return
-        for i, u in enumerate(self.space.units):
-            k = max(1, u.channels // 2)
-            if k == u.channels:
-                continue
-            kept = {u.name: k}
-            self._residual_slope[i] = 0.0
-            measured = fvcore_flops(prune(kept), example_inputs)
-            self._residual_slope[i] = (measured - self.flops(kept)) / (k - u.channels)
+        halved = {u.name: max(1, u.channels // 2) for u in self.space.units if u.channels > 1}
+        index = {u.name: i for i, u in enumerate(self.space.units)}
+
+        def probe(names: list[str]) -> None:
+            kept = {n: halved[n] for n in names}
+            error = fvcore_flops(prune(kept), example_inputs) - self.flops(kept)
+            if error == 0:
+                return
+            if len(names) == 1:
+                unit = self.space.unit(names[0])
+                self._residual_slope[index[names[0]]] = error / (halved[names[0]] - unit.channels)
+                return
+            probe(names[: len(names) // 2])
+            probe(names[len(names) // 2 :])
+
+        if halved:
+            probe(list(halved))
 
 
 def measure_latency(

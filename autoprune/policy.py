@@ -71,6 +71,7 @@ class PolicyRecord:
         found_by: how the policy was found (method, seed, evaluations, seconds).
         env: the environment preset it was searched on.
         weights: the checkpoint the network was loaded from.
+        search_space: the search-space preset that defines the units.
     """
 
     ratios: dict[str, float]
@@ -84,6 +85,7 @@ class PolicyRecord:
     found_by: dict[str, Any] = field(default_factory=dict)
     env: str | None = None
     weights: str | None = None
+    search_space: str | None = None
 
     @property
     def policy(self) -> Policy:

@@ -19,9 +19,13 @@ PROXY_KINDS = ("accuracy", "agreement")
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Re-estimate every BatchNorm layer's running statistics as the plain average over ``batches``."""
+    """Re-estimate every BatchNorm layer's running statistics as the plain average over ``batches``.
+
+    With no batches the statistics are left as they are. The model is left in eval mode.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    if not norms or not batches:
+        model.eval()
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -86,7 +90,7 @@ class Proxy:
         n = min(len(calibration), calibration_batches * batch_size)
         idx = torch.randperm(len(calibration), generator=torch.Generator().manual_seed(seed))[:n]
         images, _ = calibration.batch(idx, self.device)
-        self.calibration = list(images.split(batch_size))
+        self.calibration = list(images.split(batch_size)) if n else []
         self.images, self.labels = held_out.batch(slice(None), self.device)
         self.targets = self.labels
 

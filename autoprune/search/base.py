@@ -74,10 +74,6 @@ class Searcher(ABC):
         """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`)."""
         return project(shape, self.space, self.cost, self.limit, fill=fill)
 
-    def within_budget(self, candidate: Candidate) -> bool:
-        """Whether the candidate's cost in the budget's metric is at most the limit."""
-        return self.cost(candidate.kept) <= self.limit
-
     def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
         """Run the ask/tell loop; ``on_candidate(candidate, best)`` is called after each evaluation."""
         start = time.perf_counter()
@@ -88,9 +84,9 @@ class Searcher(ABC):
                 break
             policy, meta = proposal if isinstance(proposal, tuple) else (proposal, {})
             self.space.check_policy(policy)
-            candidate = self.evaluator.evaluate(policy, {"method": self.name, **meta})
-            feasible = candidate.ok and self.within_budget(candidate)
-            candidate.meta["within_budget"] = feasible
+            within = self.cost(self.space.kept(policy)) <= self.limit
+            candidate = self.evaluator.evaluate(policy, {"method": self.name, **meta, "within_budget": within})
+            feasible = candidate.ok and within
             result.candidates.append(candidate)
             if feasible and (result.best is None or candidate.proxy_acc > result.best.proxy_acc):  # type: ignore[operator]
                 result.best = candidate

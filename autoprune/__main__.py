@@ -1,0 +1,7 @@
+"""``python -m autoprune``."""
+
+import sys
+
+from autoprune.cli import main
+
+sys.exit(main())

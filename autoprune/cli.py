@@ -1,0 +1,305 @@
+"""The ``autoprune`` command line: search, evaluate, apply and list.
+
+Every user error prints one line (``autoprune: error: ...``) and exits with status 2; nothing is
+written before the inputs have been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from autoprune.budget import Budget
+from autoprune.cost import FLOPS_LABEL, count_params, fvcore_flops, measure_latency
+from autoprune.errors import AutopruneError, ConfigError, PolicyError
+from autoprune.evaluate import LatencySettings
+from autoprune.experiment import DataOptions, Experiment
+from autoprune.policy import PolicyRecord
+from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
+from autoprune.prune import CRITERIA
+from autoprune.search import SEARCHERS, get_searcher
+from autoprune.zoo.models import zoo_names
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"env preset name or YAML file (default {DEFAULT_ENV}; "
+                   f"presets: {', '.join(env_names())})")
+    p.add_argument("--model", help="override the preset's network: resnet20..resnet110, digits-cnn, torchvision:NAME")
+    p.add_argument("--weights", help="checkpoint file (path, or name inside AUTOPRUNE_WEIGHTS_DIR), or a torchvision "
+                   "weights name such as IMAGENET1K_V1")
+    p.add_argument("--data-dir", help="folder holding cifar10-jpeg/ or cifar-10-batches-py/ (default AUTOPRUNE_DATA_DIR)")
+    p.add_argument("--download", action="store_true", help="download missing public data (needs internet)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints with weights_only=False (runs pickled code: only for files you trust)")
+    p.add_argument("--space", help=f"search-space preset or YAML file ({', '.join(space_names())})")
+    p.add_argument("--criterion", choices=CRITERIA, help="channel-selection criterion (default: the preset's, l1)")
+    p.add_argument("--proxy-images", type=int, help="number of proxy-split images to score on")
+    p.add_argument("--device", default="cpu", help="device for evaluation and latency (cpu, cuda, cuda:1)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while timing latency (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``autoprune`` argument parser."""
+    parser = _Parser(prog="autoprune", description="Find per-layer channel pruning policies under a budget.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="search a pruning policy that meets a budget")
+    _add_common(s)
+    s.add_argument("--budget", required=True, help="e.g. 0.5flops, 0.6params, 0.7latency, 40MFLOPs, 0.3Mparams, 2.5ms")
+    s.add_argument("--method", default="random", help=f"search method: {', '.join(SEARCHERS)} (default random)")
+    s.add_argument("--evals", type=int, default=100, help="number of evaluations (default 100)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="run directory (default results/runs/<time>-<env>-<method>)")
+    s.add_argument("--latency", action="store_true", help="measure every candidate's latency (implied by a latency budget)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("evaluate", help="test accuracy, FLOPs, params and latency of a (pruned) network")
+    _add_common(e)
+    e.add_argument("--policy", help="policy.json to apply first (default: the dense network)")
+    e.add_argument("--split", help="split to report on (default: the preset's report split; 'test' = all test images)")
+    e.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="recalibrate BatchNorm first (default: only for a pruned network)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    a = sub.add_parser("apply", help="rebuild the pruned network of a policy and save it with torch.save")
+    a.add_argument("policy", help="policy.json of a search run")
+    _add_common(a)
+    a.add_argument("--out", required=True, help="output file, e.g. pruned.pt")
+    a.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="recalibrate BatchNorm statistics before saving (default on)")
+    a.set_defaults(func=cmd_apply)
+
+    ls = sub.add_parser("list", help="list env presets, search spaces, methods and models")
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def _config(args: argparse.Namespace, record: PolicyRecord | None = None) -> EnvConfig:
+    config = load_env(args.env)
+    if args.model:
+        config.model = args.model
+    if args.weights:
+        config.weights = args.weights
+    if record is not None:
+        if record.model != config.model:
+            raise PolicyError(f"policy is for model {record.model} but env {config.name!r} builds {config.model}; "
+                              f"pass --model {record.model} or the matching --env")
+        config.search_space = record.search_space or config.search_space
+        config.criterion = record.criterion
+    if args.space:
+        config.search_space = args.space
+    if args.criterion:
+        config.criterion = args.criterion
+    if args.proxy_images is not None:
+        config.proxy = {**config.proxy, "images": args.proxy_images}
+    return config
+
+
+def _device(name: str) -> str:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} cannot be used: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use cpu or cuda")
+    return name
+
+
+def _experiment(args: argparse.Namespace, config: EnvConfig, latency: bool) -> Experiment:
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    device = _device(args.device)
+    settings = LatencySettings(device=device, threads=args.threads) if latency else None
+    options = DataOptions(args.data_dir, None, args.download, args.trust_checkpoint)
+    return Experiment.from_config(config, options, device=device, latency=settings)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``autoprune search``: run a searcher and write the run directory."""
+    from tqdm import tqdm
+
+    from autoprune.runs import TrialRecorder, new_run_dir, plot_policy, plot_trials, write_config, write_summary
+
+    budget = Budget.parse(args.budget)
+    searcher_cls = get_searcher(args.method)
+    config = _config(args)
+    exp = _experiment(args, config, latency=args.latency or budget.metric == "latency")
+    searcher = searcher_cls(exp.evaluator, budget, evals=args.evals, seed=args.seed)
+
+    run_dir = new_run_dir(args.out, config.name, args.method)
+    write_config(run_dir, {"command": "search", "budget": str(budget), "method": args.method, "evals": args.evals,
+                           "seed": args.seed, "device": args.device, "weights_source": exp.weights_source,
+                           "env": config.to_dict()})
+    exp.evaluator.observers.append(TrialRecorder(run_dir / "trials.csv", exp.space.names))
+    dense_flops = exp.evaluator.cost.dense_flops
+    total = 1 if args.method == "uniform" else args.evals
+    with tqdm(total=total, desc=args.method, unit="eval", disable=args.quiet, mininterval=0.5, file=sys.stderr) as bar:
+        def progress(candidate: Any, best: Any) -> None:
+            if best is not None:
+                bar.set_postfix_str(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense_flops:.3f} FLOPs")
+            bar.update(1)
+
+        result = searcher.search(progress)
+    if result.best is None:
+        raise ConfigError(f"no evaluated candidate met the budget ({result.evaluations} evaluations); "
+                          f"see {run_dir / 'trials.csv'}")
+
+    best = result.best
+    network = exp.evaluator.build(best.policy)
+    dense_net = exp.model
+    x = exp.example_inputs
+    metrics = {"flops": fvcore_flops(network, x), "params": count_params(network), "proxy_acc": best.proxy_acc,
+               "report_acc": exp.accuracy(network, "report")}
+    dense = {"flops": fvcore_flops(dense_net, x), "params": count_params(dense_net),
+             "proxy_acc": exp.evaluator.proxy.score(_copy(dense_net)).accuracy,
+             "report_acc": exp.accuracy(_copy(dense_net), "report")}
+    if budget.metric == "latency" or args.latency:
+        metrics["latency_ms"] = measure_latency(network, x, args.device, threads=args.threads)
+        dense["latency_ms"] = measure_latency(_copy(dense_net), x, args.device, threads=args.threads)
+    record = PolicyRecord(
+        ratios=dict(best.policy), channels={u.name: {"dense": u.channels, "kept": best.kept[u.name]} for u in exp.space.units},
+        model=config.model, input_shape=list(x.shape), criterion=config.criterion,
+        round_to={u.name: u.round_to for u in exp.space.units}, budget=str(budget), metrics=metrics,
+        found_by={"method": args.method, "seed": args.seed, "evaluations": result.evaluations,
+                  "seconds": round(result.seconds, 3)},
+        env=config.name, weights=exp.weights_source, search_space=config.search_space,
+    )
+    record.save(run_dir / "policy.json")
+    minutes = result.seconds / 60
+    write_summary(run_dir, record, dense, {
+        "limit": result.limit, "metric_label": {"flops": FLOPS_LABEL, "params": "params", "latency": "ms"}[budget.metric],
+        "evals_per_min": result.evaluations / minutes if minutes else 0.0,
+        "overhead_fraction": exp.evaluator.overhead_fraction, "device": args.device,
+        "proxy_split": config.splits["proxy"], "report_split": config.splits["report"]})
+    plot_trials(run_dir, result.candidates, best, result.limit, budget.metric, dense_flops)
+    plot_policy(run_dir, record)
+    print(f"best policy: proxy accuracy {100 * metrics['proxy_acc']:.2f}%, report accuracy "
+          f"{100 * metrics['report_acc']:.2f}% ({config.splits['report']}), {FLOPS_LABEL} "
+          f"{metrics['flops'] / 1e6:.3f}M ({metrics['flops'] / dense['flops']:.1%} of dense), params "
+          f"{metrics['params'] / 1e6:.4f}M ({metrics['params'] / dense['params']:.1%})")
+    print(f"{result.evaluations} evaluations in {result.seconds:.1f} s; run directory: {run_dir}")
+    return 0
+
+
+def _copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _load_policy(args: argparse.Namespace) -> tuple[PolicyRecord, EnvConfig, Experiment]:
+    record = PolicyRecord.load(args.policy)
+    config = _config(args, record)
+    exp = _experiment(args, config, latency=False)
+    missing = [n for n in record.channels if n not in exp.space.names]
+    if missing:
+        raise PolicyError(f"policy units {missing[:3]} are not in {config.model}'s search space "
+                          f"{config.search_space!r}; this policy was made for another network or space")
+    for unit in exp.space.units:
+        dense = record.channels.get(unit.name, {}).get("dense", unit.channels)
+        if dense != unit.channels:
+            raise PolicyError(f"policy says unit {unit.name!r} has {dense} channels but this {config.model} has "
+                              f"{unit.channels}; the policy was made for another network")
+    return record, config, exp
+
+
+def _kept(record: PolicyRecord, exp: Experiment) -> dict[str, int]:
+    return {u.name: record.channels.get(u.name, {}).get("kept", u.channels) for u in exp.space.units}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``autoprune evaluate``: accuracy and cost of the dense or a policy's network."""
+    if args.policy:
+        record, config, exp = _load_policy(args)
+        network = exp.evaluator.pruner.prune(_kept(record, exp))
+    else:
+        config = _config(args)
+        exp = _experiment(args, config, latency=False)
+        network = _copy(exp.model)
+    split = args.split or "report"
+    recalibrate = bool(args.policy) if args.recalibrate is None else args.recalibrate
+    x = exp.example_inputs
+    started = time.perf_counter()
+    result = {
+        "env": config.name, "model": config.model, "weights": exp.weights_source, "policy": args.policy,
+        "split": config.splits.get(split, split), "images": len(exp.split(split)), "bn_recalibrated": recalibrate,
+        "accuracy": exp.accuracy(network, split, recalibrate=recalibrate),
+        "flops": fvcore_flops(network, x), "params": count_params(network),
+        "latency_ms": measure_latency(network, x, _device(args.device), threads=args.threads),
+        "device": args.device, "threads": args.threads,
+    }
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{config.model} ({'policy ' + args.policy if args.policy else 'dense'}) on {result['split']} "
+              f"({result['images']} images{', BN recalibrated' if recalibrate else ''}): "
+              f"accuracy {100 * result['accuracy']:.2f}% | {FLOPS_LABEL} {result['flops'] / 1e6:.3f}M | "
+              f"params {result['params'] / 1e6:.4f}M | latency {result['latency_ms']:.3f} ms "
+              f"({args.device}, {args.threads} thread{'s' if args.threads > 1 else ''}, batch 1)")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """``autoprune apply``: rebuild a policy's network and save it with ``torch.save(model)``."""
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"folder {str(out.parent)!r} of --out does not exist")
+    record, config, exp = _load_policy(args)
+    network = exp.evaluator.pruner.prune(_kept(record, exp))
+    if args.recalibrate:
+        from autoprune.proxy import recalibrate_batchnorm
+
+        recalibrate_batchnorm(network, exp.evaluator.proxy.calibration)
+    network = network.cpu().eval()
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(network, tmp)
+    tmp.replace(out)
+    print(f"saved {config.model} pruned by {args.policy} to {out} ({FLOPS_LABEL} "
+          f"{fvcore_flops(network, exp.example_inputs) / 1e6:.3f}M, params {count_params(network) / 1e6:.4f}M); "
+          f"load it with torch.load({str(out)!r}, weights_only=False)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``autoprune list``: presets, search spaces, methods and models."""
+    print(f"env presets:    {', '.join(env_names())}")
+    print(f"search spaces:  {', '.join(space_names())}")
+    print(f"methods:        {', '.join(SEARCHERS)}")
+    print(f"models:         {', '.join(zoo_names())}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AutopruneError as e:
+        print(f"autoprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The run directory: resolved config, ``trials.csv``, ``policy.json``, ``summary.md`` and plots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from autoprune.cost import FLOPS_LABEL
+from autoprune.errors import ConfigError
+from autoprune.evaluate import Candidate
+from autoprune.policy import PolicyRecord
+
+RUNS_ROOT = Path("results") / "runs"
+_TIMINGS = ("prune", "recalibrate", "score", "cost", "latency", "total")
+
+
+def new_run_dir(out: str | Path | None, env: str, method: str) -> Path:
+    """Create the run directory (``results/runs/<time>-<env>-<method>/`` unless ``out`` is given).
+
+    Raises:
+        ConfigError: if ``out`` exists and is not empty.
+    """
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = RUNS_ROOT / f"{stamp}-{env}-{method}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = RUNS_ROOT / f"{stamp}-{env}-{method}-{suffix}"
+    else:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f"run directory {str(path)!r} already exists and is not empty; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """Write the resolved configuration as ``config.yaml``."""
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def candidate_row(candidate: Candidate, unit_names: Sequence[str]) -> dict[str, Any]:
+    """One ``trials.csv`` row: metrics, status, timings, then per-unit ratios and kept channels."""
+    meta = dict(candidate.meta)
+    sample = meta.pop("sample", {}) or {}
+    row: dict[str, Any] = {
+        "trial": candidate.index,
+        "method": meta.pop("method", ""),
+        "status": candidate.status,
+        "within_budget": meta.pop("within_budget", None),
+        "proxy_acc": candidate.proxy_acc,
+        "flops": candidate.flops,
+        "params": candidate.params,
+        "latency_ms": candidate.latency_ms,
+        "cached": candidate.cached,
+        "reason": candidate.reason or "",
+    }
+    row.update({f"time_{k}": candidate.timings.get(k) for k in _TIMINGS})
+    row.update({f"ratio:{n}": candidate.policy.get(n, 0.0) for n in unit_names})
+    row.update({f"kept:{n}": candidate.kept[n] for n in unit_names})
+    row.update({f"sample:{n}": sample[n] for n in unit_names if n in sample})
+    row.update({k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))})
+    return row
+
+
+class TrialRecorder:
+    """An Evaluator observer that appends every candidate to ``trials.csv`` as it is evaluated."""
+
+    def __init__(self, path: Path, unit_names: Sequence[str]) -> None:
+        self.path = path
+        self.unit_names = list(unit_names)
+        self._columns: list[str] | None = None
+
+    def __call__(self, candidate: Candidate) -> None:
+        row = candidate_row(candidate, self.unit_names)
+        if self._columns is None:
+            self._columns = list(row)
+            header = True
+        else:
+            header = False
+        frame = pd.DataFrame([row]).reindex(columns=self._columns)
+        frame.to_csv(self.path, mode="a", header=header, index=False)
+
+
+def write_summary(
+    run_dir: Path,
+    record: PolicyRecord,
+    dense: Mapping[str, float],
+    search: Mapping[str, Any],
+) -> None:
+    """Write ``summary.md``: the budget, dense and pruned metrics, search cost and per-unit channels."""
+    m = record.metrics
+    lines = [
+        f"# autoprune run: {record.env} / {record.found_by.get('method')}",
+        "",
+        f"- model: `{record.model}`, weights: `{record.weights}`",
+        f"- search space: `{record.search_space}`, criterion: `{record.criterion}`",
+        f"- budget: `{record.budget}` (limit {search['limit']:,.6g} {search['metric_label']})",
+        f"- method: {record.found_by.get('method')}, seed {record.found_by.get('seed')}, "
+        f"{record.found_by.get('evaluations')} evaluations in {record.found_by.get('seconds', 0):.1f} s "
+        f"({search['evals_per_min']:.1f} evaluations/min, overhead outside proxy forward passes "
+        f"{100 * search['overhead_fraction']:.1f}%)",
+        "",
+        "| | dense | pruned | pruned / dense |",
+        "|---|---:|---:|---:|",
+        f"| {FLOPS_LABEL} | {dense['flops'] / 1e6:.3f}M | {m['flops'] / 1e6:.3f}M | {m['flops'] / dense['flops']:.4f} |",
+        f"| params | {dense['params'] / 1e6:.4f}M | {m['params'] / 1e6:.4f}M | {m['params'] / dense['params']:.4f} |",
+    ]
+    if m.get("latency_ms") is not None and dense.get("latency_ms"):
+        lines.append(f"| latency (ms, {search.get('device')}) | {dense['latency_ms']:.3f} | {m['latency_ms']:.3f} | "
+                     f"{m['latency_ms'] / dense['latency_ms']:.4f} |")
+    lines += [
+        f"| proxy accuracy ({search['proxy_split']}, BN recalibrated) | {100 * dense['proxy_acc']:.2f}% | "
+        f"{100 * m['proxy_acc']:.2f}% | |",
+        f"| report accuracy ({search['report_split']}, BN recalibrated) | {100 * dense['report_acc']:.2f}% | "
+        f"{100 * m['report_acc']:.2f}% | |",
+        "",
+        "Dense accuracies are measured exactly like a candidate's (same BN recalibration).",
+        "",
+        "| unit | dense channels | kept | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, ch in record.channels.items():
+        lines.append(f"| `{name}` | {ch['dense']} | {ch['kept']} | {1 - ch['kept'] / ch['dense']:.3f} |")
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_trials(run_dir: Path, candidates: Sequence[Candidate], best: Candidate | None, limit: float,
+                metric: str, dense_flops: float) -> Path:
+    """Write ``trials.png``: proxy accuracy against FLOPs of every candidate, and best-so-far by evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in candidates if c.ok]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.scatter([c.flops / dense_flops for c in ok], [100 * c.proxy_acc for c in ok], s=12, alpha=0.6, label="candidates")
+    if best is not None:
+        ax1.scatter([best.flops / dense_flops], [100 * best.proxy_acc], marker="*", s=200, c="red", label="best")
+    if metric == "flops":
+        ax1.axvline(limit / dense_flops, color="gray", ls="--", label="budget")
+    ax1.set_xlabel(f"{FLOPS_LABEL} / dense")
+    ax1.set_ylabel("proxy accuracy (%)")
+    ax1.legend()
+    running, best_so_far = None, []
+    for c in candidates:
+        if c.ok and c.meta.get("within_budget") and (running is None or c.proxy_acc > running):
+            running = c.proxy_acc
+        best_so_far.append(None if running is None else 100 * running)
+    ax2.plot(range(1, len(candidates) + 1), [float("nan") if v is None else v for v in best_so_far])
+    ax2.set_xlabel("evaluation")
+    ax2.set_ylabel("best proxy accuracy within budget (%)")
+    fig.tight_layout()
+    path = run_dir / "trials.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_policy(run_dir: Path, record: PolicyRecord) -> Path:
+    """Write ``policy.png``: dense and kept channels of every unit, in network order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(record.channels)
+    dense = [record.channels[n]["dense"] for n in names]
+    kept = [record.channels[n]["kept"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(names) + 2), 4.2))
+    ax.bar(range(len(names)), dense, color="lightgray", label="dense")
+    ax.bar(range(len(names)), kept, color="tab:blue", label="kept")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(f"{record.model} at {record.budget}: kept channels per unit ({record.found_by.get('method')})")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "policy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

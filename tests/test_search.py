@@ -1,0 +1,92 @@
+"""The contract every searcher must meet: budget met, reproducible, every candidate recorded."""
+
+import pandas as pd
+import pytest
+
+from autoprune.budget import Budget
+from autoprune.cost import fvcore_flops
+from autoprune.errors import ConfigError
+from autoprune.experiment import Experiment
+from autoprune.presets import load_env
+from autoprune.runs import TrialRecorder
+from autoprune.search import SEARCHERS, get_searcher
+
+EVALS = 6
+
+
+@pytest.fixture(scope="module")
+def digits() -> Experiment:
+    return Experiment.from_config(load_env("digits-demo"))
+
+
+def _run(exp: Experiment, method: str, seed: int, budget: str = "0.5flops", evals: int = EVALS):
+    exp.evaluator.observers.clear()
+    return get_searcher(method)(exp.evaluator, Budget.parse(budget), evals=evals, seed=seed).search()
+
+
+@pytest.mark.parametrize("method", SEARCHERS)
+@pytest.mark.parametrize("budget", ["0.5flops", "0.4params"])
+def test_best_policy_meets_budget_tightly(digits, method, budget):
+    result = _run(digits, method, seed=0, budget=budget)
+    assert result.best is not None and result.best.ok
+    network = digits.evaluator.build(result.best.policy)
+    metric = Budget.parse(budget).metric
+    dense = fvcore_flops(digits.model, digits.example_inputs) if metric == "flops" else digits.evaluator.cost.dense_params
+    measured = fvcore_flops(network, digits.example_inputs) if metric == "flops" else sum(p.numel() for p in network.parameters())
+    fraction = Budget.parse(budget).value
+    assert measured <= fraction * dense
+    assert measured >= 0.97 * fraction * dense  # the digits CNN is small: coarse channel granularity
+
+
+@pytest.mark.parametrize("method", SEARCHERS)
+def test_reproducible_with_seed(digits, method):
+    first = [c.policy for c in _run(digits, method, seed=1).candidates]
+    again = [c.policy for c in _run(digits, method, seed=1).candidates]
+    assert first == again
+    if method != "uniform":  # uniform has nothing random
+        assert [c.policy for c in _run(digits, method, seed=2).candidates] != first
+
+
+@pytest.mark.parametrize("method", SEARCHERS)
+def test_every_candidate_is_recorded(digits, method, tmp_path):
+    digits.evaluator.observers.clear()
+    digits.evaluator.observers.append(TrialRecorder(tmp_path / "trials.csv", digits.space.names))
+    result = get_searcher(method)(digits.evaluator, Budget.parse("0.5flops"), evals=EVALS, seed=0).search()
+    digits.evaluator.observers.clear()
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == result.evaluations == (1 if method == "uniform" else EVALS)
+    assert (trials["method"] == method).all()
+    assert trials["within_budget"].all()
+    assert trials["proxy_acc"].tolist() == pytest.approx([c.proxy_acc for c in result.candidates])
+    for name in digits.space.names:
+        assert trials[f"kept:{name}"].tolist() == [c.kept[name] for c in result.candidates]
+
+
+def test_failed_candidate_is_a_record_not_a_crash(digits, monkeypatch):
+    calls = {"n": 0}
+    score = digits.evaluator.proxy.score
+
+    def flaky(model, recalibrate=True):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return score(model, recalibrate)
+
+    monkeypatch.setattr(digits.evaluator.proxy, "score", flaky)
+    digits.evaluator._cache.clear()
+    result = _run(digits, "random", seed=5)
+    assert [c.status for c in result.candidates].count("fail") == 1
+    failed = next(c for c in result.candidates if not c.ok)
+    assert "out of memory" in failed.reason
+    assert result.best is not None and result.best.ok
+
+
+def test_random_beats_or_matches_its_worst_sample(digits):
+    result = _run(digits, "random", seed=0, evals=10)
+    accs = [c.proxy_acc for c in result.candidates]
+    assert result.best.proxy_acc == max(accs)
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ConfigError, match="uniform, random"):
+        get_searcher("bogus")
