@@ -263,6 +263,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise ConfigError(f"folder {str(out.parent)!r} of --out does not exist")
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'pruned.pt')!r}")
     record, config, exp = _load_policy(args)
     network = exp.evaluator.pruner.prune(_kept(record, exp))
     if args.recalibrate:

@@ -60,6 +60,7 @@ class Experiment:
         options = options or DataOptions()
         model, source = load_network(config, options)
         example_inputs = torch.zeros(config.input_shape)
+        _check_runs(model, example_inputs, config)
         space = SearchSpace.from_model(model, example_inputs, load_space(config.search_space))
         proxy_settings = dict(config.proxy)
         proxy_split = _split(config, "proxy", options)
@@ -90,15 +91,26 @@ class Experiment:
 
 def load_network(config: EnvConfig, options: DataOptions) -> tuple[nn.Module, str]:
     """The preset's network with its weights loaded, and where the weights came from."""
+    model = build_model(config.model, config.num_classes)
     if config.weights == BUILTIN_WEIGHTS:
         if config.model != "digits-cnn":
             raise ConfigError(f"weights 'builtin' exist only for digits-cnn, not {config.model}; pass --weights")
         return pretrained_digits_cnn(), "builtin (trained at first use, cached)"
-    model = build_model(config.model, config.num_classes)
     if config.weights is None:
         raise ConfigError(f"env {config.name!r} names no weights for {config.model}; pass --weights")
     source = load_weights(model, config.model, config.weights, options.weights_dir, options.trust_checkpoint)
     return model.eval(), source
+
+
+def _check_runs(model: nn.Module, example_inputs: torch.Tensor, config: EnvConfig) -> None:
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"input_shape {config.input_shape} of env {config.name!r} does not fit model {config.model} ({first})"
+        ) from None
 
 
 def _norm(config: EnvConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:

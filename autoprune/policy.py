@@ -125,5 +125,26 @@ class PolicyRecord:
             record = cls(**fields)
         except TypeError as e:
             raise PolicyError(f"policy file {str(path)!r} is malformed: {e}") from None
-        Policy(record.ratios)  # validates the ratios
+        problem = record._problem()
+        if problem:
+            raise PolicyError(f"policy file {str(path)!r} is malformed: {problem}")
         return record
+
+    def _problem(self) -> str | None:
+        """What is wrong with the record's fields, or None."""
+        if not isinstance(self.ratios, dict) or not all(isinstance(k, str) for k in self.ratios):
+            return "\"ratios\" must map unit names to numbers"
+        try:
+            Policy(self.ratios)
+        except PolicyError as e:
+            return str(e)
+        if not isinstance(self.channels, dict):
+            return "\"channels\" must map unit names to {\"dense\": C, \"kept\": k}"
+        for name, ch in self.channels.items():
+            if not isinstance(ch, dict) or not all(isinstance(ch.get(k), int) and not isinstance(ch.get(k), bool) for k in ("dense", "kept")):
+                return f"channels of unit {name!r} must be {{\"dense\": C, \"kept\": k}} with integers, got {ch!r}"
+            if not 1 <= ch["kept"] <= ch["dense"]:
+                return f"unit {name!r} keeps {ch['kept']} of {ch['dense']} channels; kept must be in 1..dense"
+        if not isinstance(self.model, str) or not isinstance(self.input_shape, list):
+            return "\"model\" must be a string and \"input_shape\" a list"
+        return None

@@ -16,6 +16,8 @@ from autoprune.errors import ConfigError
 from autoprune.space import SpaceConfig
 
 DEFAULT_ENV = "digits-demo"
+SPLIT_ROLES = {"proxy", "report", "calibration"}
+PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size"}
 _ENV_KEYS = {"name", "description", "model", "weights", "dataset", "num_classes", "input_shape", "normalize",
              "splits", "proxy", "search_space", "criterion"}
 
@@ -91,7 +93,39 @@ def load_env(name_or_path: str = DEFAULT_ENV) -> EnvConfig:
         raise ConfigError(f"env preset {label!r} lacks required keys {sorted(missing)}")
     doc.setdefault("name", label)
     doc.setdefault("weights", None)
+    problem = _env_problem(doc)
+    if problem:
+        raise ConfigError(f"env preset {label!r}: {problem}")
     return EnvConfig(**doc)
+
+
+def _env_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with an env preset's values, or None."""
+    shape = doc["input_shape"]
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        return f"input_shape must be a list of positive integers such as [1, 3, 32, 32], got {shape!r}"
+    if not isinstance(doc.get("num_classes", 10), int) or doc.get("num_classes", 10) < 1:
+        return f"num_classes must be a positive integer, got {doc.get('num_classes')!r}"
+    for key in ("model", "dataset"):
+        if not isinstance(doc[key], str):
+            return f"{key} must be a string, got {doc[key]!r}"
+    splits = doc.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):
+        return f"splits must map proxy/report/calibration to split names, got {splits!r}"
+    unknown = set(splits) - SPLIT_ROLES
+    if unknown:
+        return f"splits has unknown roles {sorted(unknown)}; allowed: {sorted(SPLIT_ROLES)}"
+    proxy = doc.get("proxy", {})
+    if not isinstance(proxy, dict):
+        return f"proxy must be a mapping, got {proxy!r}"
+    unknown = set(proxy) - PROXY_KEYS
+    if unknown:
+        return f"proxy has unknown keys {sorted(unknown)}; allowed: {sorted(PROXY_KEYS)}"
+    for key in ("images", "calibration_batches", "batch_size"):
+        value = proxy.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"proxy {key} must be an integer, got {value!r}"
+    return None
 
 
 def load_space(name_or_path: str) -> SpaceConfig:

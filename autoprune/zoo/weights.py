@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -48,14 +49,16 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     try:
         blob = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
-        raise WeightsError(
-            f"checkpoint {str(path)!r} cannot be loaded with weights_only=True ({first}); "
-            f"if you trust the file, pass --trust-checkpoint"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise WeightsError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({first})") from None
+        if not trust and "Unsupported global" in str(e):
+            raise WeightsError(
+                f"checkpoint {str(path)!r} holds objects other than tensors, which weights_only=True refuses "
+                f"({_first_line(e, 'Unsupported global')}); if you trust the file, pass --trust-checkpoint"
+            ) from None
+        raise WeightsError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as e:
+        raise WeightsError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from None
+    except Exception as e:  # unpickling a trusted file can raise anything its classes raise
+        raise WeightsError(f"checkpoint {str(path)!r} cannot be unpickled ({type(e).__name__}: {_first_line(e)})") from None
     if isinstance(blob, nn.Module):
         blob = blob.state_dict()
     if isinstance(blob, dict):
@@ -66,6 +69,15 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
         raise WeightsError(f"checkpoint {str(path)!r} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in blob.items()}
+
+
+def _first_line(error: BaseException, containing: str | None = None) -> str:
+    """The error's first (or first ``containing``) message line, without terminal escape codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line] or [type(error).__name__]
+    if containing:
+        lines = [line for line in lines if containing in line] or lines
+    return lines[0]
 
 
 def load_weights(

@@ -1,0 +1,32 @@
+"""The header every benchmark report starts with: machine, library versions and the exact command."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from importlib import metadata
+
+import torch
+
+LIBRARIES = ("autoprune", "torch", "torchvision", "torch-pruning", "fvcore", "numpy", "pandas", "optuna", "stable-baselines3")
+
+
+def machine_header(command: list[str]) -> list[str]:
+    """Markdown lines naming the date, machine, threads, library versions and the command."""
+    versions = []
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
+        f"torch threads {torch.get_num_threads()}, GPU: {gpu}; {platform.system()} {platform.release()}",
+        f"- python {sys.version.split()[0]}; {', '.join(versions)}",
+        f"- command: `{shlex.join(command)}`",
+    ]
