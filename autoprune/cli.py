@@ -150,8 +150,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                            "env": config.to_dict()})
     exp.evaluator.observers.append(TrialRecorder(run_dir / "trials.csv", exp.space.names))
     dense_flops = exp.evaluator.cost.dense_flops
-    total = 1 if args.method == "uniform" else args.evals
-    with tqdm(total=total, desc=args.method, unit="eval", disable=args.quiet, mininterval=0.5, file=sys.stderr) as bar:
+    with tqdm(total=searcher.planned_evaluations, desc=args.method, unit="eval", disable=args.quiet, mininterval=0.5, file=sys.stderr) as bar:
         def progress(candidate: Any, best: Any) -> None:
             if best is not None:
                 bar.set_postfix_str(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense_flops:.3f} FLOPs")

@@ -62,13 +62,6 @@ class Candidate:
         """Whether the evaluation succeeded."""
         return self.status == "ok"
 
-    def cost(self, metric: str) -> float:
-        """The candidate's ``flops``, ``params`` or ``latency`` (ms)."""
-        value = {"flops": self.flops, "params": self.params, "latency": self.latency_ms}[metric]
-        if value is None:
-            raise ValueError(f"candidate {self.index} has no {metric} measurement")
-        return float(value)
-
 
 @dataclass
 class LatencySettings:

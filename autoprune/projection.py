@@ -52,13 +52,13 @@ def project(shape: Mapping[str, float], space: SearchSpace, cost: CostFn, limit:
     if cost(kept_at(hi)) <= limit:
         return space.policy_from_kept(kept_at(hi))
     lo = 0.0
-    for _ in range(50):
+    for _ in range(60):  # until both ends round to the same channels
         mid = 0.5 * (lo + hi)
         if cost(kept_at(mid)) <= limit:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-7:
+        if kept_at(lo) == kept_at(hi) or hi - lo < 1e-9:
             break
     kept = kept_at(lo)
     if fill:

@@ -1,15 +1,17 @@
 """The searcher base: an ask/tell loop over the shared Evaluator that keeps the books.
 
 A subclass implements :meth:`Searcher._ask` (propose the next policy, or None when done) and may
-implement :meth:`Searcher._tell` (learn from a candidate). The base validates each proposal against
-the search space, evaluates it, marks whether it meets the budget, tracks the best candidate and
-reports progress. A searcher never prunes or scores a network itself.
+implement :meth:`Searcher._tell` (learn from a candidate). A searcher whose algorithm drives its own
+loop (a reinforcement-learning agent stepping an environment) overrides :meth:`Searcher._run` and
+calls :meth:`Searcher.evaluate` for each policy instead. :meth:`Searcher.evaluate` validates each
+proposal against the search space, evaluates it, marks whether it meets the budget, tracks the best
+candidate and reports progress. A searcher never prunes or scores a network itself.
 """
 
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -70,35 +72,62 @@ class Searcher(ABC):
         self.limit = budget.limit(evaluator.dense_cost(budget.metric)) if budget.relative else budget.value
         check_reachable(self.space, self.cost, self.limit, str(budget))
 
+    @property
+    def planned_evaluations(self) -> int:
+        """How many evaluations the search will make at most (for progress bars)."""
+        return self.evals
+
     def project(self, shape: Mapping[str, float], fill: bool = True) -> Policy:
-        """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`)."""
+        """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`).
+
+        Leftover budget is not filled one channel at a time for latency: measured latency is too
+        noisy at that granularity and each step would cost a measurement.
+        """
+        fill = fill and self.budget.metric != "latency"
         return project(shape, self.space, self.cost, self.limit, fill=fill)
 
     def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
-        """Run the ask/tell loop; ``on_candidate(candidate, best)`` is called after each evaluation."""
+        """Run the search; ``on_candidate(candidate, best)`` is called after each evaluation."""
         start = time.perf_counter()
-        result = SearchResult(self.name, self.seed, self.budget, self.limit, best=None)
-        while result.evaluations < self.evals:
+        self.result = SearchResult(self.name, self.seed, self.budget, self.limit, best=None)
+        self._on_candidate = on_candidate
+        self._run()
+        self.result.seconds = time.perf_counter() - start
+        return self.result
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the evaluation budget is spent."""
+        return self.result.evaluations >= self.evals
+
+    def evaluate(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> Candidate:
+        """Check ``policy`` against the space, evaluate it on the shared Evaluator and keep the books.
+
+        The candidate's ``meta`` records the method, whether it meets the budget and ``meta``.
+        """
+        self.space.check_policy(policy)
+        within = self.cost(self.space.kept(policy)) <= self.limit
+        candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within})
+        self.result.candidates.append(candidate)
+        best = self.result.best
+        if candidate.ok and within and (best is None or candidate.proxy_acc > best.proxy_acc):  # type: ignore[operator]
+            self.result.best = candidate
+        if self._on_candidate is not None:
+            self._on_candidate(candidate, self.result.best)
+        return candidate
+
+    def _run(self) -> None:
+        """The search loop; by default ask/tell until the evaluations are spent or ``_ask`` returns None."""
+        while not self.exhausted:
             proposal = self._ask()
             if proposal is None:
                 break
             policy, meta = proposal if isinstance(proposal, tuple) else (proposal, {})
-            self.space.check_policy(policy)
-            within = self.cost(self.space.kept(policy)) <= self.limit
-            candidate = self.evaluator.evaluate(policy, {"method": self.name, **meta, "within_budget": within})
-            feasible = candidate.ok and within
-            result.candidates.append(candidate)
-            if feasible and (result.best is None or candidate.proxy_acc > result.best.proxy_acc):  # type: ignore[operator]
-                result.best = candidate
-            self._tell(candidate)
-            if on_candidate is not None:
-                on_candidate(candidate, result.best)
-        result.seconds = time.perf_counter() - start
-        return result
+            self._tell(self.evaluate(policy, meta))
 
-    @abstractmethod
     def _ask(self) -> Policy | tuple[Policy, dict[str, Any]] | None:
         """The next policy to evaluate (optionally with metadata to record), or None to stop."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _ask or _run")
 
     def _tell(self, candidate: Candidate) -> None:
         """Learn from an evaluated candidate (default: nothing)."""

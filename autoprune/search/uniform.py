@@ -12,6 +12,11 @@ class UniformSearcher(Searcher):
     name = "uniform"
     _proposed = False
 
+    @property
+    def planned_evaluations(self) -> int:
+        """One: the uniform policy."""
+        return 1
+
     def _ask(self) -> Policy | None:
         if self._proposed:
             return None

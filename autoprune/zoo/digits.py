@@ -6,6 +6,8 @@ with no internet can run a real search.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,12 +62,22 @@ def load_digits_split(split: str) -> ImageSet:
 def pretrained_digits_cnn() -> DigitsCNN:
     """The digits CNN trained on the train split; trained once (fixed seed) and cached on disk."""
     path = cache_dir() / "weights" / f"{_TRAIN_RECIPE}.pt"
-    model = DigitsCNN()
     if path.is_file():
+        model = DigitsCNN()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
-    train = load_digits_split("train")
-    torch.manual_seed(0)
+    with torch.random.fork_rng():  # a fixed seed without touching the caller's random state
+        torch.manual_seed(0)
+        model = _train(load_digits_split("train"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model
+
+
+def _train(train: ImageSet) -> DigitsCNN:
+    model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
@@ -75,9 +87,4 @@ def pretrained_digits_cnn() -> DigitsCNN:
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-    model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
+    return model.eval()
