@@ -24,7 +24,7 @@ from autoprune.experiment import DataOptions, Experiment
 from autoprune.policy import PolicyRecord
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
 from autoprune.prune import CRITERIA
-from autoprune.search import SEARCHERS, get_searcher
+from autoprune.search import SAMPLERS, SEARCHERS, get_searcher
 from autoprune.zoo.models import zoo_names
 
 
@@ -59,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search a pruning policy that meets a budget")
     _add_common(s)
-    s.add_argument("--budget", required=True, help="e.g. 0.5flops, 0.6params, 0.7latency, 40MFLOPs, 0.3Mparams, 2.5ms")
+    s.add_argument("--budget", help="required: e.g. 0.5flops, 0.6params, 0.7latency, 40MFLOPs, 0.3Mparams, 2.5ms")
     s.add_argument("--method", default="random", help=f"search method: {', '.join(SEARCHERS)} (default random)")
-    s.add_argument("--evals", type=int, default=100, help="number of evaluations (default 100)")
+    s.add_argument("--evals", "--episodes", dest="evals", type=int, default=100,
+                   help="number of evaluations (default 100); for the rl methods, episodes (one evaluation each)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run directory (default results/runs/<time>-<env>-<method>)")
     s.add_argument("--latency", action="store_true", help="measure every candidate's latency (implied by a latency budget)")
+    s.add_argument("--sampler", default="tpe", help=f"Optuna sampler with --method optuna: {', '.join(SAMPLERS)} (default tpe)")
+    s.add_argument("--objectives", default="acc", help="acc (default), or acc,flops / acc,latency / acc,params for a Pareto front")
+    s.add_argument("--storage", help="Optuna storage URL shared by workers: sqlite:///f.db, postgresql://..., mysql://..., "
+                   "or a journal file (f.log); default: study.db in the run directory")
+    s.add_argument("--study-name", help="study name in the storage (default <env>-<budget>-<method>)")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes on one study (--method optuna)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_rl(s)
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("evaluate", help="test accuracy, FLOPs, params and latency of a (pruned) network")
@@ -84,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="recalibrate BatchNorm statistics before saving (default on)")
     a.set_defaults(func=cmd_apply)
+
+    pk = sub.add_parser("pick", help="best recorded policy of a finished run under another budget, without searching")
+    pk.add_argument("run", help="run directory")
+    pk.add_argument("--budget", required=True, help="e.g. 0.4flops")
+    pk.add_argument("--out", help="output folder (default RUN/pick-<budget>)")
+    pk.set_defaults(func=cmd_pick)
+
+    d = sub.add_parser("dashboard", help="inspect a run's study in optuna-dashboard")
+    d.add_argument("run", help="run directory")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=cmd_dashboard)
 
     ls = sub.add_parser("list", help="list env presets, search spaces, methods and models")
     ls.set_defaults(func=cmd_list)
@@ -134,67 +154,112 @@ def _experiment(args: argparse.Namespace, config: EnvConfig, latency: bool) -> E
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``autoprune search``: run a searcher and write the run directory."""
-    from tqdm import tqdm
+    from autoprune.search_run import SearchSettings, run_search
 
-    from autoprune.runs import TrialRecorder, new_run_dir, plot_policy, plot_trials, write_config, write_summary
-
+    if args.resume:
+        return _resume(args.resume, progress=not args.quiet)
+    if args.budget is None:
+        raise ConfigError("--budget is required, e.g. --budget 0.5flops (or --resume RUN_DIR)")
     budget = Budget.parse(args.budget)
-    searcher_cls = get_searcher(args.method)
+    get_searcher(args.method)
     config = _config(args)
-    exp = _experiment(args, config, latency=args.latency or budget.metric == "latency")
-    searcher = searcher_cls(exp.evaluator, budget, evals=args.evals, seed=args.seed)
-
-    run_dir = new_run_dir(args.out, config.name, args.method)
-    write_config(run_dir, {"command": "search", "budget": str(budget), "method": args.method, "evals": args.evals,
-                           "seed": args.seed, "device": args.device, "weights_source": exp.weights_source,
-                           "env": config.to_dict()})
-    exp.evaluator.observers.append(TrialRecorder(run_dir / "trials.csv", exp.space.names))
-    dense_flops = exp.evaluator.cost.dense_flops
-    with tqdm(total=searcher.planned_evaluations, desc=args.method, unit="eval", disable=args.quiet, mininterval=0.5, file=sys.stderr) as bar:
-        def progress(candidate: Any, best: Any) -> None:
-            if best is not None:
-                bar.set_postfix_str(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense_flops:.3f} FLOPs")
-            bar.update(1)
-
-        result = searcher.search(progress)
-    if result.best is None:
-        raise ConfigError(f"no evaluated candidate met the budget ({result.evaluations} evaluations); "
-                          f"see {run_dir / 'trials.csv'}")
-
-    best = result.best
-    network = exp.evaluator.build(best.policy)
-    dense_net = exp.model
-    x = exp.example_inputs
-    metrics = {"flops": fvcore_flops(network, x), "params": count_params(network), "proxy_acc": best.proxy_acc,
-               "report_acc": exp.accuracy(network, "report")}
-    dense = {"flops": fvcore_flops(dense_net, x), "params": count_params(dense_net),
-             "proxy_acc": exp.evaluator.proxy.score(_copy(dense_net)).accuracy,
-             "report_acc": exp.accuracy(_copy(dense_net), "report")}
-    if budget.metric == "latency" or args.latency:
-        metrics["latency_ms"] = measure_latency(network, x, args.device, threads=args.threads)
-        dense["latency_ms"] = measure_latency(_copy(dense_net), x, args.device, threads=args.threads)
-    record = PolicyRecord(
-        ratios=dict(best.policy), channels={u.name: {"dense": u.channels, "kept": best.kept[u.name]} for u in exp.space.units},
-        model=config.model, input_shape=list(x.shape), criterion=config.criterion,
-        round_to={u.name: u.round_to for u in exp.space.units}, budget=str(budget), metrics=metrics,
-        found_by={"method": args.method, "seed": args.seed, "evaluations": result.evaluations,
-                  "seconds": round(result.seconds, 3)},
-        env=config.name, weights=exp.weights_source, search_space=config.search_space,
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    settings = SearchSettings(
+        env=config.to_dict(), budget=str(budget), method=args.method, evals=args.evals, seed=args.seed,
+        sampler=args.sampler, objectives=args.objectives, storage=args.storage, study_name=args.study_name,
+        workers=args.workers, latency=args.latency, device=_device(args.device), threads=args.threads,
+        data_dir=args.data_dir, download=args.download, trust_checkpoint=args.trust_checkpoint,
+        method_options=_rl_options(args),
     )
-    record.save(run_dir / "policy.json")
-    minutes = result.seconds / 60
-    write_summary(run_dir, record, dense, {
-        "limit": result.limit, "metric_label": {"flops": FLOPS_LABEL, "params": "params", "latency": "ms"}[budget.metric],
-        "evals_per_min": result.evaluations / minutes if minutes else 0.0,
-        "overhead_fraction": exp.evaluator.overhead_fraction, "device": args.device,
-        "proxy_split": config.splits["proxy"], "report_split": config.splits["report"]})
-    plot_trials(run_dir, result.candidates, best, result.limit, budget.metric, dense_flops)
-    plot_policy(run_dir, record)
-    print(f"best policy: proxy accuracy {100 * metrics['proxy_acc']:.2f}%, report accuracy "
-          f"{100 * metrics['report_acc']:.2f}% ({config.splits['report']}), {FLOPS_LABEL} "
-          f"{metrics['flops'] / 1e6:.3f}M ({metrics['flops'] / dense['flops']:.1%} of dense), params "
-          f"{metrics['params'] / 1e6:.4f}M ({metrics['params'] / dense['params']:.1%})")
-    print(f"{result.evaluations} evaluations in {result.seconds:.1f} s; run directory: {run_dir}")
+    run_dir = run_search(settings, args.out, progress=not args.quiet)
+    record = PolicyRecord.load(run_dir / "policy.json")
+    _print_record(record)
+    print(f"{record.found_by['evaluations']} evaluations recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
+    return 0
+
+
+def _add_rl(s: argparse.ArgumentParser) -> None:
+    rl = s.add_argument_group("reinforcement learning (--method ddpg, td3, sac, ppo; defaults follow AMC)")
+    rl.add_argument("--warmup", type=int, metavar="N", help="episodes of random actions before learning (default 100)")
+    rl.add_argument("--noise-sigma", type=float, metavar="S", help="exploration noise, in [-1, 1] action units (default 0.5; ddpg, td3)")
+    rl.add_argument("--noise-decay", type=float, metavar="D", help="noise decay per episode after the warm-up (default 0.95; ddpg, td3)")
+    rl.add_argument("--lr-actor", type=float, metavar="LR", help="actor learning rate (default 1e-4; ppo: its one rate, 3e-4)")
+    rl.add_argument("--lr-critic", type=float, metavar="LR", help="critic learning rate (default 1e-3)")
+    rl.add_argument("--batch-size", type=int, metavar="N", help="minibatch of each update (default 64)")
+    rl.add_argument("--reward", choices=("acc", "acc-flops", "acc-latency"),
+                    help="acc (default: proxy accuracy), acc-flops or acc-latency (-error x log cost; needs --latency)")
+    rl.add_argument("--tensorboard", metavar="DIR", help="write stable-baselines3's TensorBoard logs to DIR")
+    rl.add_argument("--save-every", type=int, metavar="N", help="save the agent in the run directory every N episodes (default 10)")
+    rl.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped search in RUN_DIR with its recorded settings")
+
+
+def _rl_options(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.search import RL_SEARCHERS
+
+    keys = ("warmup", "noise_sigma", "noise_decay", "lr_actor", "lr_critic", "batch_size", "reward", "tensorboard",
+            "save_every")
+    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if options and args.method not in {cls.name for cls in RL_SEARCHERS}:
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise ConfigError(f"{flags} apply only to the rl methods ({', '.join(c.name for c in RL_SEARCHERS)}), "
+                          f"not --method {args.method}")
+    return options
+
+
+def _resume(run: str, progress: bool) -> int:
+    import yaml
+
+    from autoprune.search_run import CONFIG_FILE, SearchSettings, run_search
+
+    config_file = Path(run) / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"--resume {run!r} is not a search run directory (no {CONFIG_FILE})")
+    try:
+        settings = SearchSettings(**(yaml.safe_load(config_file.read_text()) or {})["settings"])
+    except (KeyError, TypeError, yaml.YAMLError):
+        raise ConfigError(f"--resume {run!r} has a {CONFIG_FILE} this autoprune cannot read") from None
+    run_dir = run_search(settings, run, progress=progress)
+    record = PolicyRecord.load(run_dir / "policy.json")
+    _print_record(record)
+    print(f"{record.found_by['evaluations']} evaluations recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
+    return 0
+
+
+def _print_record(record: PolicyRecord) -> None:
+    m = record.metrics
+    print(f"best policy ({record.found_by['method']}, {record.budget}): proxy accuracy {100 * m['proxy_acc']:.2f}%, "
+          f"report accuracy {100 * m['report_acc']:.2f}%, {FLOPS_LABEL} {m['flops'] / 1e6:.3f}M, "
+          f"params {m['params'] / 1e6:.4f}M" + (f", latency {m['latency_ms']:.3f} ms" if "latency_ms" in m else ""))
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    """``autoprune pick``: the best recorded policy of a finished run under another budget."""
+    from autoprune.search_run import pick
+
+    out_dir, record = pick(args.run, args.budget, args.out)
+    _print_record(record)
+    print(f"written to {out_dir}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``autoprune dashboard``: serve optuna-dashboard on a run's study."""
+    import yaml
+
+    config_file = Path(args.run) / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{args.run!r} is not a search run directory (no config.yaml)")
+    storage = (yaml.safe_load(config_file.read_text()) or {}).get("settings", {}).get("storage")
+    url = storage or f"sqlite:///{(Path(args.run) / 'study.db').resolve()}"
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("optuna-dashboard is not installed; pip install 'autoprune[dashboard]'") from None
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {url} (Ctrl-C to stop)")
+    from autoprune.study import open_storage
+
+    optuna_dashboard.run_server(open_storage(url, Path(args.run)), host=args.host, port=args.port)
     return 0
 
 
@@ -284,13 +349,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     """``autoprune list``: presets, search spaces, methods and models."""
     print(f"env presets:    {', '.join(env_names())}")
     print(f"search spaces:  {', '.join(space_names())}")
-    print(f"methods:        {', '.join(SEARCHERS)}")
+    print(f"methods:        {', '.join(SEARCHERS)} (optuna samplers: {', '.join(SAMPLERS)})")
     print(f"models:         {', '.join(zoo_names())}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -300,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a program that stopped reading (autoprune list | head)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

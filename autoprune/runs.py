@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,22 +72,51 @@ def candidate_row(candidate: Candidate, unit_names: Sequence[str]) -> dict[str, 
 
 
 class TrialRecorder:
-    """An Evaluator observer that appends every candidate to ``trials.csv`` as it is evaluated."""
+    """An Evaluator observer that appends every candidate to ``trials.csv`` as it is evaluated.
+
+    Appends are serialised by a file lock, so several worker processes can share one file, and a
+    resumed run appends to the rows it already has (under the header it already has). The ``trial``
+    column numbers the rows of the file.
+    """
 
     def __init__(self, path: Path, unit_names: Sequence[str]) -> None:
         self.path = path
         self.unit_names = list(unit_names)
-        self._columns: list[str] | None = None
 
     def __call__(self, candidate: Candidate) -> None:
         row = candidate_row(candidate, self.unit_names)
-        if self._columns is None:
-            self._columns = list(row)
-            header = True
-        else:
-            header = False
-        frame = pd.DataFrame([row]).reindex(columns=self._columns)
-        frame.to_csv(self.path, mode="a", header=header, index=False)
+        with open(self.path, "a+", newline="") as f:
+            _lock(f)
+            f.seek(0)
+            first = f.readline()
+            columns = next(csv.reader([first])) if first else list(row)
+            row["trial"] = sum(1 for _ in csv.reader(f))  # rows so far, over every worker and resumed run
+            f.seek(0, io.SEEK_END)
+            pd.DataFrame([row]).reindex(columns=columns).to_csv(f, header=not first, index=False)
+
+
+def _lock(f: Any) -> None:
+    """Hold an exclusive lock on an open file until it is closed (POSIX; elsewhere one writer is assumed)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: workers there would need a storage-side record only
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
+def read_trials(path: Path) -> pd.DataFrame:
+    """Read ``trials.csv``.
+
+    Raises:
+        ConfigError: if the file is missing, empty or not a trials table.
+    """
+    try:
+        trials = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise ConfigError(f"cannot read {str(path)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if trials.empty or not {"status", "proxy_acc", "flops", "params"} <= set(trials.columns):
+        raise ConfigError(f"{str(path)!r} holds no candidates")
+    return trials
 
 
 def write_summary(
@@ -103,9 +134,10 @@ def write_summary(
         f"- search space: `{record.search_space}`, criterion: `{record.criterion}`",
         f"- budget: `{record.budget}` (limit {search['limit']:,.6g} {search['metric_label']})",
         f"- method: {record.found_by.get('method')}, seed {record.found_by.get('seed')}, "
-        f"{record.found_by.get('evaluations')} evaluations in {record.found_by.get('seconds', 0):.1f} s "
-        f"({search['evals_per_min']:.1f} evaluations/min, overhead outside proxy forward passes "
-        f"{100 * search['overhead_fraction']:.1f}%)",
+        f"{record.found_by.get('evaluations')} evaluations recorded; search wall time of this command "
+        f"{record.found_by.get('seconds', 0):.1f} s",
+        f"- evaluator: {search['evals_per_min']:.1f} evaluations/min of evaluator time, "
+        f"{100 * search['overhead_fraction']:.1f}% of it outside the proxy's forward passes",
         "",
         "| | dense | pruned | pruned / dense |",
         "|---|---:|---:|---:|",
@@ -131,30 +163,31 @@ def write_summary(
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def plot_trials(run_dir: Path, candidates: Sequence[Candidate], best: Candidate | None, limit: float,
-                metric: str, dense_flops: float) -> Path:
-    """Write ``trials.png``: proxy accuracy against FLOPs of every candidate, and best-so-far by evaluation."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [c for c in candidates if c.ok]
+    return plt
+
+
+def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, flops_limit: float | None, dense_flops: float) -> Path:
+    """Write ``trials.png``: proxy accuracy against FLOPs of every candidate (``best_row`` starred), and best-so-far."""
+    plt = _pyplot()
+    ok = trials[trials["status"] == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.scatter([c.flops / dense_flops for c in ok], [100 * c.proxy_acc for c in ok], s=12, alpha=0.6, label="candidates")
-    if best is not None:
-        ax1.scatter([best.flops / dense_flops], [100 * best.proxy_acc], marker="*", s=200, c="red", label="best")
-    if metric == "flops":
-        ax1.axvline(limit / dense_flops, color="gray", ls="--", label="budget")
+    ax1.scatter(ok["flops"] / dense_flops, 100 * ok["proxy_acc"], s=12, alpha=0.6, label="candidates")
+    best = trials.loc[[best_row]]
+    ax1.scatter(best["flops"] / dense_flops, 100 * best["proxy_acc"], marker="*", s=200, c="red", label="best")
+    if flops_limit is not None:
+        ax1.axvline(flops_limit / dense_flops, color="gray", ls="--", label="budget")
     ax1.set_xlabel(f"{FLOPS_LABEL} / dense")
     ax1.set_ylabel("proxy accuracy (%)")
     ax1.legend()
-    running, best_so_far = None, []
-    for c in candidates:
-        if c.ok and c.meta.get("within_budget") and (running is None or c.proxy_acc > running):
-            running = c.proxy_acc
-        best_so_far.append(None if running is None else 100 * running)
-    ax2.plot(range(1, len(candidates) + 1), [float("nan") if v is None else v for v in best_so_far])
+    feasible = (trials["status"] == "ok") & (trials["within_budget"] == True)  # noqa: E712
+    running = (100 * trials["proxy_acc"].where(feasible)).cummax()
+    ax2.plot(range(1, len(trials) + 1), running)
     ax2.set_xlabel("evaluation")
     ax2.set_ylabel("best proxy accuracy within budget (%)")
     fig.tight_layout()
@@ -164,12 +197,35 @@ def plot_trials(run_dir: Path, candidates: Sequence[Candidate], best: Candidate 
     return path
 
 
+def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
+    """The candidates no other candidate beats on both proxy accuracy (higher) and FLOPs (lower)."""
+    ok = trials[trials["status"] == "ok"].sort_values(["flops", "proxy_acc"], ascending=[True, False])
+    front = ok[ok["proxy_acc"] > ok["proxy_acc"].cummax().shift(fill_value=-1.0)]
+    return front.reset_index(drop=True)
+
+
+def plot_pareto(run_dir: Path, trials: pd.DataFrame, dense_flops: float) -> Path:
+    """Write ``pareto.csv`` and ``pareto.png``: the accuracy-FLOPs Pareto front of a run."""
+    plt = _pyplot()
+    front = pareto_front(trials)
+    front.to_csv(run_dir / "pareto.csv", index=False)
+    ok = trials[trials["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(ok["flops"] / dense_flops, 100 * ok["proxy_acc"], s=10, alpha=0.35, label="candidates")
+    ax.step(front["flops"] / dense_flops, 100 * front["proxy_acc"], where="post", color="red", marker="o", ms=4, label="Pareto front")
+    ax.set_xlabel(f"{FLOPS_LABEL} / dense")
+    ax.set_ylabel("proxy accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "pareto.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_policy(run_dir: Path, record: PolicyRecord) -> Path:
     """Write ``policy.png``: dense and kept channels of every unit, in network order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = list(record.channels)
     dense = [record.channels[n]["dense"] for n in names]

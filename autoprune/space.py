@@ -130,10 +130,15 @@ class Unit:
     layer: LayerInfo
 
     def kept(self, ratio: float) -> int:
-        """Channels kept at ``ratio``: rounded to a multiple of ``round_to`` within the unit's bounds."""
+        """Channels kept at ``ratio``: the nearest count the unit allows (a multiple of ``round_to`` within
+        its bounds, or all channels when ``min_ratio`` is 0)."""
         step = min(self.round_to, self.channels)
-        kept = round(self.channels * (1.0 - ratio) / step) * step
-        return int(min(self._most, max(self._fewest, kept)))
+        target = self.channels * (1.0 - ratio)
+        top = max(self._fewest, (self._most // step) * step)
+        kept = int(min(top, max(self._fewest, round(target / step) * step)))
+        if self._most == self.channels and self.channels - target < abs(kept - target):
+            return self.channels
+        return kept
 
     @property
     def _fewest(self) -> int:

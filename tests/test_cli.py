@@ -13,7 +13,7 @@ def test_main_command_then_evaluate_and_apply(cli, tmp_path):
     code, out, err = cli("search", "--budget", "0.5flops", "--evals", "12", "--quiet")
     assert code == 0, err
     (run,) = (tmp_path / "results" / "runs").iterdir()
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "policy.json", "trials.csv", "summary.md", "trials.png", "policy.png"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "policy.json", "trials.csv", "study.db", "summary.md", "trials.png", "policy.png"}
     record = PolicyRecord.load(run / "policy.json")
     assert record.found_by["method"] == "random" and record.found_by["evaluations"] == 12
     trials = pd.read_csv(run / "trials.csv")

@@ -12,6 +12,8 @@ from autoprune.runs import TrialRecorder
 from autoprune.search import SEARCHERS, get_searcher
 
 EVALS = 6
+# the rl agents warm up for 100 episodes by default (AMC); a tiny search needs a short warm-up
+OPTIONS = {"ddpg": {"warmup": 2}, "td3": {"warmup": 2}, "sac": {"warmup": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def digits() -> Experiment:
 
 def _run(exp: Experiment, method: str, seed: int, budget: str = "0.5flops", evals: int = EVALS):
     exp.evaluator.observers.clear()
-    return get_searcher(method)(exp.evaluator, Budget.parse(budget), evals=evals, seed=seed).search()
+    return get_searcher(method)(exp.evaluator, Budget.parse(budget), evals=evals, seed=seed, **OPTIONS.get(method, {})).search()
 
 
 @pytest.mark.parametrize("method", SEARCHERS)
@@ -51,7 +53,7 @@ def test_reproducible_with_seed(digits, method):
 def test_every_candidate_is_recorded(digits, method, tmp_path):
     digits.evaluator.observers.clear()
     digits.evaluator.observers.append(TrialRecorder(tmp_path / "trials.csv", digits.space.names))
-    result = get_searcher(method)(digits.evaluator, Budget.parse("0.5flops"), evals=EVALS, seed=0).search()
+    result = get_searcher(method)(digits.evaluator, Budget.parse("0.5flops"), evals=EVALS, seed=0, **OPTIONS.get(method, {})).search()
     digits.evaluator.observers.clear()
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert len(trials) == result.evaluations == (1 if method == "uniform" else EVALS)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from autoprune.errors import ConfigError
 from autoprune.search.base import SearchResult, Searcher
+from autoprune.search.optuna_search import SAMPLERS, OptunaSearcher
 from autoprune.search.random import RandomSearcher
+from autoprune.search.rl import RL_SEARCHERS, RLSearcher
 from autoprune.search.uniform import UniformSearcher
 
-SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (UniformSearcher, RandomSearcher)}
+SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (UniformSearcher, RandomSearcher, OptunaSearcher)}
+SEARCHERS.update({cls.name: cls for cls in RL_SEARCHERS})
 
 
 def get_searcher(method: str) -> type[Searcher]:
@@ -22,4 +25,4 @@ def get_searcher(method: str) -> type[Searcher]:
         raise ConfigError(f"unknown search method {method!r}; choose one of {', '.join(SEARCHERS)}") from None
 
 
-__all__ = ["SEARCHERS", "RandomSearcher", "SearchResult", "Searcher", "UniformSearcher", "get_searcher"]
+__all__ = ["RL_SEARCHERS", "SAMPLERS", "SEARCHERS", "OptunaSearcher", "RLSearcher", "RandomSearcher", "SearchResult", "Searcher", "UniformSearcher", "get_searcher"]

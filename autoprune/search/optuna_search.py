@@ -1,0 +1,136 @@
+"""Optuna search: one float parameter per unit, any Optuna sampler, one or two objectives.
+
+With one objective (proxy accuracy) every sampled shape is projected onto the budget before it is
+evaluated, and the trial keeps both the raw sample and the projected policy. With two objectives
+(``acc,flops`` or ``acc,latency``) samples are evaluated as they are and the study's Pareto front is
+the result; ``autoprune pick`` then takes the best policy under any budget. The uniform policy at
+the budget is enqueued as the first trial. Many workers share one study through its storage; the
+evaluation count is global to the study.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from autoprune.budget import Budget
+from autoprune.errors import ConfigError
+from autoprune.evaluate import Evaluator
+from autoprune.policy import Policy
+from autoprune.search.base import Searcher
+from autoprune.study import candidate_attrs, counted, objective_values, open_study, unit_distributions, worker_id
+
+SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
+
+
+def make_sampler(name: str, seed: int, objectives: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler called ``name``, seeded.
+
+    Raises:
+        ConfigError: for an unknown sampler, or CMA-ES with two objectives.
+    """
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if name == "cmaes":
+        if objectives > 1:
+            raise ConfigError("sampler 'cmaes' optimises one objective; use tpe, nsga2, gp, qmc or random with two")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class _CandidateFailed(Exception):
+    """Raised inside a trial whose candidate failed, so that Optuna records it as FAIL."""
+
+
+class OptunaSearcher(Searcher):
+    """Samples unit ratios with an Optuna sampler over a study that every worker shares.
+
+    Args:
+        evaluator: the shared Evaluator.
+        budget: the resource budget.
+        evals: evaluations in total over the study (all workers together).
+        seed: sampler seed.
+        sampler: one of :data:`SAMPLERS`.
+        objectives: ``("acc",)`` or ``("acc", "flops")`` / ``("acc", "latency")`` / ``("acc", "params")``.
+        study: the study to work on (default: a new in-memory one); replaceable until :meth:`search`.
+        warm_start: enqueue the uniform policy at the budget as the first trial.
+
+    Attributes:
+        wait_for_running: when the last evaluations are running in other workers, wait for them (and
+            take over any that go stale) instead of stopping; set it for storages with a heartbeat.
+    """
+
+    name = "optuna"
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        budget: Budget,
+        evals: int = 100,
+        seed: int = 0,
+        *,
+        sampler: str = "tpe",
+        objectives: Sequence[str] = ("acc",),
+        study: optuna.Study | None = None,
+        warm_start: bool = True,
+    ) -> None:
+        super().__init__(evaluator, budget, evals, seed)
+        self.objectives = tuple(objectives)
+        self.sampler = make_sampler(sampler, seed, len(self.objectives))
+        self.distributions = unit_distributions(self.space)
+        self.warm_start = warm_start
+        self.study = study or open_study(optuna.storages.InMemoryStorage(), "autoprune", self.objectives)
+        self.wait_for_running = False
+        self.poll_s = 1.0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the study holds ``evals`` counted trials (all workers together)."""
+        return sum(counted(t) for t in self.study.get_trials(deepcopy=False)) >= self.evals
+
+    def _run(self) -> None:
+        self.study.sampler = self.sampler
+        if self.warm_start:
+            uniform = self.project({n: 0.0 for n in self.space.names}, fill=False)
+            self.study.enqueue_trial(dict(uniform), skip_if_exists=True)
+        while not self.exhausted:
+            trials = self.study.get_trials(deepcopy=False)
+            in_flight = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
+            if in_flight >= self.evals and not any(t.state == TrialState.WAITING for t in trials):
+                if not self.wait_for_running:
+                    break
+                time.sleep(self.poll_s)  # other workers hold the last trials; retry any that go stale
+                optuna.storages.fail_stale_trials(self.study)
+                continue
+            self.study.optimize(self._objective, n_trials=1, catch=(_CandidateFailed,), gc_after_trial=False)
+
+    def _objective(self, trial: Trial) -> float | list[float]:
+        trial.set_user_attr("worker", worker_id())
+        trials = self.study.get_trials(deepcopy=False)
+        ahead = sum(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number) for t in trials)
+        if ahead >= self.evals:  # another worker took the last evaluation first
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("the study already holds its evaluations")
+        sample = {n: trial.suggest_float(n, d.low, d.high) for n, d in self.distributions.items()}
+        policy = self.project(sample) if len(self.objectives) == 1 else Policy(sample)
+        candidate = self.evaluate(policy, {"sample": sample, "optuna_trial": trial.number})
+        for key, value in candidate_attrs(candidate).items():
+            trial.set_user_attr(key, value)
+        if not candidate.ok:
+            raise _CandidateFailed(candidate.reason)
+        values = objective_values(candidate, self.objectives)
+        return values[0] if len(values) == 1 else values

@@ -1,0 +1,153 @@
+"""The AMC pruning environment: API checkers, the budget guarantee under any actions, rewards, errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoprune.budget import Budget
+from autoprune.cost import count_params, fvcore_flops
+from autoprune.env import ENV_ID, FEATURES, ChannelPruningEnv
+from autoprune.errors import BudgetError, ConfigError, UnsupportedModelError
+from autoprune.evaluate import Candidate
+from autoprune.experiment import Experiment
+from autoprune.presets import load_env
+
+
+@pytest.fixture(scope="module")
+def digits() -> Experiment:
+    return Experiment.from_config(load_env("digits-demo"))
+
+
+@pytest.fixture(scope="module")
+def rounded(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    """The digits CNN in a space with coarse channel rounding and a lower ratio bound."""
+    space = tmp_path_factory.mktemp("space") / "rounded.yaml"
+    space.write_text("min_ratio: 0.1\nmax_ratio: 0.7\nround_to: 8\nrules:\n  - {pattern: features.13, round_to: 16}\n")
+    config = load_env("digits-demo")
+    config.search_space = str(space)
+    return Experiment.from_config(config)
+
+
+def _episode(env: gymnasium.Env, actions: list[float]) -> tuple[list[np.ndarray], float, dict]:
+    observation, _ = env.reset(seed=0)
+    observations, reward, info = [observation], 0.0, {}
+    for i, a in enumerate(actions):
+        observation, reward, terminated, truncated, info = env.step(np.array([a], dtype=np.float32))
+        observations.append(observation)
+        assert terminated == (i == len(actions) - 1) and not truncated
+    return observations, reward, info
+
+
+@pytest.mark.parametrize("source", ["preset", "evaluator"])
+def test_passes_gymnasium_and_sb3_checkers_without_warnings(digits, source):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    kwargs = {"env": "digits-demo"} if source == "preset" else {"evaluator": digits.evaluator}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = gymnasium.make(ENV_ID, budget="0.5flops", **kwargs)  # with gymnasium's passive checker
+        _episode(env, [0.0] * len(digits.space))
+        check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_episode_observations_reward_and_info(digits):
+    env = ChannelPruningEnv(digits.evaluator, budget="0.5flops")
+    assert env.observation_space.shape == (len(FEATURES),) and env.observation_space.dtype == np.float32
+    assert env.action_space.low.tolist() == [-1.0] and env.action_space.high.tolist() == [1.0]
+    observations, reward, info = _episode(env, [0.0] * len(digits.space))
+    assert len(observations) == len(digits.space) + 1
+    assert all(o in env.observation_space for o in observations)
+    index = [o[FEATURES.index("index")] for o in observations[:-1]]
+    assert index == pytest.approx(np.linspace(0, 1, len(digits.space)))  # unit index, min-max normalised
+    removed = [o[FEATURES.index("removed")] for o in observations]
+    assert removed[0] == 0 and removed == sorted(removed) and removed[-1] == pytest.approx(0.5, abs=0.01)
+    assert observations[-1][FEATURES.index("remaining")] == 0
+    candidate: Candidate = info["candidate"]
+    assert candidate.ok and reward == pytest.approx(candidate.proxy_acc) and info["proxy_acc"] == candidate.proxy_acc
+    assert info["policy"] == candidate.policy and info["flops"] == candidate.flops and info["params"] == candidate.params
+    assert candidate.meta["within_budget"] and set(candidate.meta["sample"]) == set(digits.space.names)
+
+
+def test_action_maps_onto_the_unit_bounds_when_the_budget_allows(digits):
+    env = ChannelPruningEnv(digits.evaluator, budget="1.0flops", tight=False)
+    _, _, info = _episode(env, [-1.0, 1.0, 0.0, -1.0, 1.0])
+    units = digits.space.units
+    expected = [units[0].min_ratio, units[1].max_ratio, (units[2].min_ratio + units[2].max_ratio) / 2,
+                units[3].min_ratio, units[4].max_ratio]
+    assert [info["policy"][u.name] for u in units] == pytest.approx(expected)
+
+
+def test_reward_variants(digits):
+    env = ChannelPruningEnv(digits.evaluator, budget="0.5flops", reward="acc-flops")
+    _, reward, info = _episode(env, [0.0] * len(digits.space))
+    assert reward == pytest.approx(-(1 - info["proxy_acc"]) * math.log(info["flops"]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize("space, budget", [("digits", "0.5flops"), ("digits", "0.3flops"), ("digits", "0.4params"),
+                                           ("rounded", "0.5flops"), ("rounded", "0.5params")])
+def test_every_final_policy_meets_the_budget(request, space, budget, data):
+    exp: Experiment = request.getfixturevalue(space)
+    n = len(exp.space)
+    extremes = st.sampled_from([[-1.0] * n, [1.0] * n, [(-1.0) ** i for i in range(n)], [-((-1.0) ** i) for i in range(n)]])
+    actions = data.draw(st.one_of(extremes, st.lists(st.floats(-1.0, 1.0), min_size=n, max_size=n)))
+    env = ChannelPruningEnv(exp.evaluator, budget=budget, evaluate=_cost_only(exp))
+    _, _, info = _episode(env, actions)
+    network = exp.evaluator.build(info["policy"])
+    metric = Budget.parse(budget).metric
+    measured = fvcore_flops(network, exp.example_inputs) if metric == "flops" else count_params(network)
+    dense = fvcore_flops(exp.model, exp.example_inputs) if metric == "flops" else count_params(exp.model)
+    limit = Budget.parse(budget).value * dense
+    assert measured <= limit
+    # tight clipping spends the budget up to about one channel step of the last unit (16 of 128 when rounded)
+    assert measured >= (0.97 if space == "digits" else 0.85) * limit
+
+
+def _cost_only(exp: Experiment):
+    """An ``evaluate`` that prices the policy without scoring it (the budget property needs no accuracy)."""
+
+    def evaluate(policy, meta):
+        kept = exp.space.kept(policy)
+        return Candidate(0, policy, kept, "ok", 0.5, exp.evaluator.cost.flops(kept), exp.evaluator.cost.params(kept),
+                         meta=dict(meta))
+
+    return evaluate
+
+
+def test_bad_input_is_a_clear_error(digits, tmp_path: Path):
+    with pytest.raises(ConfigError, match="not both"):
+        ChannelPruningEnv(digits.evaluator, budget="0.5flops", env="digits-demo")
+    with pytest.raises(ConfigError, match="neither"):
+        ChannelPruningEnv(budget="0.5flops")
+    with pytest.raises(ConfigError, match="'bogus'.*acc, acc-flops, acc-latency"):
+        ChannelPruningEnv(digits.evaluator, budget="0.5flops", reward="bogus")
+    with pytest.raises(ConfigError, match="latency budget 0.7latency"):
+        ChannelPruningEnv(digits.evaluator, budget="0.7latency")
+    with pytest.raises(ConfigError, match="acc-latency.*measures latency"):
+        ChannelPruningEnv(digits.evaluator, budget="0.5flops", reward="acc-latency")
+    with pytest.raises(BudgetError, match="cannot be met"):
+        ChannelPruningEnv(digits.evaluator, budget="0.01flops")
+    with pytest.raises(BudgetError, match="'0.5bananas'"):
+        ChannelPruningEnv(digits.evaluator, budget="0.5bananas")
+    with pytest.raises(ConfigError, match="unknown env preset 'nope'"):
+        gymnasium.make(ENV_ID, env="nope", budget="0.5flops")
+    (tmp_path / "none.yaml").write_text("include: ['no-such-layer']\n")
+    (tmp_path / "env.yaml").write_text(f"model: digits-cnn\nweights: builtin\ndataset: digits\ninput_shape: [1, 1, 8, 8]\n"
+                                       f"search_space: {tmp_path / 'none.yaml'}\n")
+    with pytest.raises(UnsupportedModelError, match="no prunable unit"):
+        gymnasium.make(ENV_ID, env=str(tmp_path / "env.yaml"), budget="0.5flops")
+    env = ChannelPruningEnv(digits.evaluator, budget="0.5flops")
+    with pytest.raises(gymnasium.error.ResetNeeded):
+        env.step(np.zeros(1, dtype=np.float32))
