@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="local worker processes on one study (--method optuna)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_rl(s)
+    _add_adapt(s)
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("evaluate", help="test accuracy, FLOPs, params and latency of a (pruned) network")
@@ -89,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("policy", help="policy.json of a search run")
     _add_common(a)
     a.add_argument("--out", required=True, help="output file, e.g. pruned.pt")
-    a.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=True,
-                   help="recalibrate BatchNorm statistics before saving (default on)")
+    a.add_argument("--state-dict", help="load these weights into the rebuilt network (state_dict.pt of autoprune "
+                   "finetune); checked against the rebuilt shapes")
+    a.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="recalibrate BatchNorm statistics before saving (default on, off with --state-dict)")
     a.set_defaults(func=cmd_apply)
+    _add_finetune_export(sub)
 
     pk = sub.add_parser("pick", help="best recorded policy of a finished run under another budget, without searching")
     pk.add_argument("run", help="run directory")
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080)
     d.set_defaults(func=cmd_dashboard)
 
+    _add_sensitivity(sub)
     ls = sub.add_parser("list", help="list env presets, search spaces, methods and models")
     ls.set_defaults(func=cmd_list)
     return parser
@@ -170,7 +175,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         sampler=args.sampler, objectives=args.objectives, storage=args.storage, study_name=args.study_name,
         workers=args.workers, latency=args.latency, device=_device(args.device), threads=args.threads,
         data_dir=args.data_dir, download=args.download, trust_checkpoint=args.trust_checkpoint,
-        method_options=_rl_options(args),
+        method_options={**_rl_options(args), **_adapt_options(args)}, latency_model=args.latency_model,
     )
     run_dir = run_search(settings, args.out, progress=not args.quiet)
     record = PolicyRecord.load(run_dir / "policy.json")
@@ -205,6 +210,85 @@ def _rl_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"{flags} apply only to the rl methods ({', '.join(c.name for c in RL_SEARCHERS)}), "
                           f"not --method {args.method}")
     return options
+
+
+def _add_adapt(s: argparse.ArgumentParser) -> None:
+    from autoprune.latency_table import LATENCY_MODELS
+    from autoprune.search.netadapt import SELECTIONS
+    from autoprune.search.sensitivity import PRIORS
+    from autoprune.sensitivity import DEFAULT_RATIOS
+
+    g = s.add_argument_group("sensitivity and NetAdapt (--method sensitivity, netadapt; --prior for optuna and rl)")
+    g.add_argument("--ratios", metavar="GRID", help=f"ratio grid of the sensitivity scan: start:stop:step or a list "
+                   f"(default {DEFAULT_RATIOS}; --method sensitivity, --prior)")
+    g.add_argument("--prior", choices=PRIORS, help="sensitivity: enqueue the sensitivity allocation as a trial (optuna), "
+                   "or narrow each unit's max ratio to where accuracy holds (rl methods)")
+    g.add_argument("--netadapt-step", type=float, metavar="F", help="first iteration's cut, a fraction of the dense cost (default 0.025)")
+    g.add_argument("--netadapt-decay", type=float, metavar="D", help="factor of the cut per iteration (default 0.98)")
+    g.add_argument("--netadapt-select", choices=SELECTIONS, help="keep the candidate with the best accuracy (acc, "
+                   "default) or the smallest accuracy drop per resource saved")
+    g.add_argument("--short-ft-steps", type=int, metavar="K", help="distillation SGD steps before scoring each NetAdapt "
+                   "candidate (default 0)")
+    g.add_argument("--latency-model", choices=LATENCY_MODELS, help="price a latency budget with the lookup table (lut: "
+                   "default for netadapt and sensitivity) or by timing each pruned network (measure: default otherwise)")
+
+
+def _adapt_options(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.search import RL_SEARCHERS
+
+    netadapt = {"step": args.netadapt_step, "decay": args.netadapt_decay, "select": args.netadapt_select,
+                "short_ft_steps": args.short_ft_steps}
+    options = {k: v for k, v in netadapt.items() if v is not None}
+    if options and args.method != "netadapt":
+        flags = ", ".join(f"--{'short-ft-steps' if k == 'short_ft_steps' else 'netadapt-' + k}" for k in options)
+        raise ConfigError(f"{flags} apply only to --method netadapt, not --method {args.method}")
+    with_prior = ("optuna", *(cls.name for cls in RL_SEARCHERS))
+    if args.prior is not None:
+        if args.method not in with_prior:
+            raise ConfigError(f"--prior applies to --method {', '.join(with_prior)}, not --method {args.method}")
+        options["prior"] = args.prior
+    if args.ratios is not None:
+        if args.method != "sensitivity" and args.prior is None:
+            raise ConfigError("--ratios applies to --method sensitivity and to --prior sensitivity")
+        options["ratios"] = args.ratios
+    return options
+
+
+def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
+    from autoprune.sensitivity import DEFAULT_RATIOS
+
+    p = sub.add_parser("sensitivity", help="proxy accuracy with one unit pruned at a time over a ratio grid (cached)")
+    _add_common(p)
+    p.add_argument("--ratios", default=DEFAULT_RATIOS, help=f"start:stop:step or a list such as 0.2,0.5,0.8 "
+                   f"(default {DEFAULT_RATIOS})")
+    p.add_argument("--out", help="output folder (default results/runs/<time>-<env>-sensitivity)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sensitivity)
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """``autoprune sensitivity``: scan (or read from the cache) and write ``sensitivity.csv`` and plots."""
+    from tqdm import tqdm
+
+    from autoprune.runs import new_run_dir, write_config
+    from autoprune.sensitivity import parse_ratios, scan, summary_line, write_outputs
+
+    ratios = parse_ratios(args.ratios)
+    config = _config(args)
+    exp = _experiment(args, config, latency=False)
+    out = new_run_dir(args.out, config.name, "sensitivity")
+    with tqdm(desc="sensitivity", unit="eval", disable=args.quiet, file=sys.stderr, mininterval=0.5, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        table = scan(exp.evaluator, ratios, on_point=progress)
+    write_config(out, {"command": "sensitivity", "env": config.to_dict(), "ratios": list(ratios), "cache": str(table.path)})
+    files = write_outputs(table, out, config.name)
+    print(summary_line(table))
+    source = f"{table.evaluations} evaluations" if table.evaluations else f"read from the cache {table.path}"
+    print(f"{len(exp.space)} units x {len(ratios)} ratios ({source}); wrote {', '.join(str(f) for f in files)}")
+    return 0
 
 
 def _resume(run: str, progress: bool) -> int:
@@ -331,7 +415,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'pruned.pt')!r}")
     record, config, exp = _load_policy(args)
     network = exp.evaluator.pruner.prune(_kept(record, exp))
-    if args.recalibrate:
+    if args.state_dict:
+        from autoprune.rebuild import load_state_dict_checked
+
+        load_state_dict_checked(network, args.state_dict)
+    recalibrate = args.state_dict is None if args.recalibrate is None else args.recalibrate
+    if recalibrate:
         from autoprune.proxy import recalibrate_batchnorm
 
         recalibrate_batchnorm(network, exp.evaluator.proxy.calibration)
@@ -342,6 +431,101 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"saved {config.model} pruned by {args.policy} to {out} ({FLOPS_LABEL} "
           f"{fvcore_flops(network, exp.example_inputs) / 1e6:.3f}M, params {count_params(network) / 1e6:.4f}M); "
           f"load it with torch.load({str(out)!r}, weights_only=False)")
+    return 0
+
+
+def _add_finetune_export(sub: argparse._SubParsersAction) -> None:
+    from autoprune.export import FORMATS
+    from autoprune.presets import RECOVERY_METHODS
+
+    f = sub.add_parser("finetune", help="recover and fine-tune a policy's pruned network, then save it for deployment")
+    f.add_argument("policy", help="policy.json, or a run directory holding one")
+    _add_common(f)
+    f.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs on the env's calibration split (default 5; 0: none)")
+    f.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate, cosine-annealed to 0 (default 0.01)")
+    f.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    f.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    f.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of conv/linear weights (default 5e-4)")
+    f.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images (default all)")
+    f.add_argument("--seed", type=int, default=0, help="seeds the subset, the data order and the augmentation")
+    f.add_argument("--distill", action="store_true", help="add knowledge distillation from the dense network")
+    f.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    f.add_argument("--distill-weight", type=float, default=0.7, help="weight of the distillation loss (default 0.7)")
+    f.add_argument("--recover", default="bn", help=f"recovery before fine-tuning: {', '.join(RECOVERY_METHODS)} "
+                   "(default bn: BatchNorm recalibration; reconstruct: AMC's least-squares reconstruction)")
+    f.add_argument("--full-test", action="store_true", help="also report accuracy on the whole test split")
+    f.add_argument("--onnx", action="store_true", help="also export ONNX (pip install 'autoprune[onnx]')")
+    f.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    f.add_argument("--out", help="output folder (default: finetune/ beside the policy)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_finetune)
+
+    x = sub.add_parser("export", help="export a policy for Torch-Pruning, NNI or as a CSV table")
+    x.add_argument("policy", help="policy.json, or a run directory holding one")
+    _add_common(x)
+    x.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    x.add_argument("--out", help="output file (default: print to stdout)")
+    x.set_defaults(func=cmd_export)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """``autoprune finetune``: recover, fine-tune, report and save a policy's network."""
+    from autoprune.finetune import FinetuneSettings
+    from autoprune.finetune_run import FinetuneJob, run_finetune
+    from autoprune.rebuild import policy_file
+
+    policy = policy_file(args.policy)
+    settings = FinetuneSettings(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, momentum=args.momentum,
+        weight_decay=args.weight_decay, distill=args.distill, temperature=args.temperature,
+        distill_weight=args.distill_weight, train_images=args.train_images, seed=args.seed,
+    )
+    job = FinetuneJob(policy, Path(args.out) if args.out else policy.parent / "finetune", settings, args.recover,
+                      args.resume, args.full_test, args.onnx, _device(args.device))
+    job.check()
+    args.policy = str(policy)
+    record, _, exp = _load_policy(args)
+    report = run_finetune(job, record, exp, progress=not args.quiet)
+    for role, name in report["splits"].items():
+        print(f"{role} accuracy ({name}): dense {100 * report['dense_acc'][role]:.2f}%, pruned and recovered "
+              f"({args.recover}) {100 * report['before_acc'][role]:.2f}%, after {args.epochs} epochs "
+              f"{100 * report['after_acc'][role]:.2f}%")
+    print(f"saved to {job.out_dir}: {', '.join(report['files'].values())}, report.md, report.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``autoprune export``: a policy as Torch-Pruning ratios, an NNI config list or a CSV table."""
+    from autoprune.export import FORMATS, export_policy
+    from autoprune.presets import load_space
+    from autoprune.rebuild import check_fits, policy_file
+    from autoprune.space import SearchSpace
+    from autoprune.zoo.models import build_model
+
+    if args.format not in FORMATS:
+        raise ConfigError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(args.out) if args.out else None
+    if out is not None and (not out.parent.is_dir() or out.is_dir()):
+        raise ConfigError(f"--out {str(out)!r} must be a file in an existing folder")
+    record = PolicyRecord.load(policy_file(args.policy))
+    config = _config(args, record)
+    model = build_model(config.model, config.num_classes).eval()  # the architecture is enough: no weights, no data
+    x = torch.zeros(record.input_shape)
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, IndexError):
+        raise PolicyError(f"the policy's input_shape {record.input_shape} does not fit {config.model}") from None
+    space = SearchSpace.from_model(model, x, load_space(config.search_space))
+    check_fits(record, space, config.model, config.search_space)
+    text = export_policy(record, space, model, args.format)
+    if out is None:
+        print(text, end="")
+        return 0
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(f"wrote {args.format} export of {args.policy} to {out}")
     return 0
 
 

@@ -36,7 +36,7 @@ from autoprune.experiment import Experiment
 from autoprune.policy import Policy
 from autoprune.presets import load_env
 from autoprune.projection import check_reachable
-from autoprune.space import Unit
+from autoprune.space import SearchSpace, Unit
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 REWARDS = ("acc", "acc-flops", "acc-latency")
@@ -70,6 +70,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             Evaluator and return the candidate (a searcher passes its own ``evaluate`` to keep its
             books). Default: the Evaluator's, with ``method="env"`` and ``within_budget`` recorded.
         tight: clip from below too, so that final policies use the budget up (see above).
+        space: narrower bounds over the Evaluator's units (a prior); default the Evaluator's space.
 
     Raises:
         ConfigError: for a missing or doubled network source, an unknown reward or a latency budget.
@@ -88,6 +89,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         env: str | None = None,
         evaluate: EvaluateFn | None = None,
         tight: bool = True,
+        space: SearchSpace | None = None,
     ) -> None:
         if (evaluator is None) == (env is None):
             raise ConfigError("give the environment either an evaluator or an env preset name (env='digits-demo'), not "
@@ -105,7 +107,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                               "(LatencySettings; on the command line, --latency)")
         self.reward_kind = reward
         self.tight = tight
-        self.space = self.evaluator.space
+        self.space = space or self.evaluator.space
+        if self.space.names != self.evaluator.space.names:
+            raise ConfigError("the environment's space must hold the Evaluator's units, in the same order")
         self.units = self.space.units
         self.cost = self.evaluator.cost_of(self.budget.metric)
         self.dense_cost = float(self.evaluator.dense_cost(self.budget.metric))

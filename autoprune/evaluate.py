@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from autoprune.policy import Policy
 from autoprune.prune import Pruner
 from autoprune.proxy import Proxy
 from autoprune.space import SearchSpace
+
+if TYPE_CHECKING:
+    from autoprune.latency_table import LatencyTable
 
 FAILURES = (RuntimeError, ValueError, IndexError, torch.cuda.OutOfMemoryError)
 
@@ -39,7 +42,8 @@ class Candidate:
         flops: FLOPs (MACs, as fvcore counts them).
         params: parameter count.
         latency_ms: measured latency, when the Evaluator measures it.
-        timings: seconds spent in ``prune``, ``recalibrate``, ``score``, ``cost``, ``latency`` and ``total``.
+        timings: seconds spent in ``prune``, ``recover`` (with a recovery), ``recalibrate``, ``score``, ``cost``,
+            ``latency`` and ``total``.
         cached: whether the result was answered from the cache.
         meta: what the searcher attached (method name, raw sample, ...).
     """
@@ -105,6 +109,12 @@ class Evaluator:
         self.cost = CostModel(model, example_inputs, space, self.pruner.prune)
         proxy.use_reference(model)
         self.observers: list[Callable[[Candidate], None]] = []
+        # Optional recovery applied to every pruned network before scoring (e.g. a reconstruct.Reconstructor);
+        # a recovered network keeps the BatchNorm statistics the recovery leaves instead of being recalibrated.
+        self.recovery: Callable[[nn.Module, Mapping[str, int]], None] | None = None
+        # Optional latency lookup table: cost_of("latency") then predicts from it instead of timing each pruned
+        # network (a candidate's latency_ms stays measured when latency settings are given).
+        self.latency_table: LatencyTable | None = None
         self._cache: dict[tuple[int, ...], Candidate] = {}
         self._latency_cache: dict[tuple[int, ...], float] = {}
         self.count = 0
@@ -115,8 +125,12 @@ class Evaluator:
         return self.space.kept(policy)
 
     def build(self, policy: Mapping[str, float]) -> nn.Module:
-        """The pruned network of ``policy`` (BatchNorm statistics not yet recalibrated)."""
-        return self.pruner.prune(self.kept(policy))
+        """The pruned network of ``policy``, recovered when a recovery is set (BatchNorm not yet recalibrated)."""
+        kept = self.kept(policy)
+        network = self.pruner.prune(kept)
+        if self.recovery is not None:
+            self.recovery(network.to(self.proxy.device), kept)
+        return network
 
     def evaluate(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> Candidate:
         """Evaluate ``policy`` and hand the candidate to every observer.
@@ -137,7 +151,7 @@ class Evaluator:
             self._cache[key] = candidate
         self.count += 1
         self.seconds["total"] += candidate.timings.get("total", 0.0)
-        self.seconds["forward"] += candidate.timings.get("recalibrate", 0.0) + candidate.timings.get("score", 0.0)
+        self.seconds["forward"] += sum(candidate.timings.get(k, 0.0) for k in ("recover", "recalibrate", "score"))
         for observer in self.observers:
             observer(candidate)
         return candidate
@@ -152,7 +166,11 @@ class Evaluator:
             t = time.perf_counter()
             network = self.pruner.prune(kept)
             timings["prune"] = time.perf_counter() - t
-            score = self.proxy.score(network)
+            if self.recovery is not None:
+                t = time.perf_counter()
+                self.recovery(network.to(self.proxy.device), kept)
+                timings["recover"] = time.perf_counter() - t
+            score = self.proxy.score(network, recalibrate=self.recovery is None)
             timings["recalibrate"], timings["score"] = score.recalibrate_s, score.score_s
             latency = None
             if self.latency is not None:
@@ -177,11 +195,14 @@ class Evaluator:
         return self._latency_cache[key]
 
     def cost_of(self, metric: str) -> Callable[[Mapping[str, int]], float]:
-        """A function from kept channels to ``flops``, ``params`` or measured ``latency`` (ms)."""
+        """A function from kept channels to ``flops``, ``params`` or ``latency`` (ms: predicted by the latency
+        table when one is set, otherwise measured)."""
         if metric == "flops":
             return self.cost.flops
         if metric == "params":
             return self.cost.params
+        if self.latency_table is not None:
+            return self.latency_table.predict
 
         def latency(kept: Mapping[str, int]) -> float:
             key = tuple(kept.get(n, self.space.unit(n).channels) for n in self.space.names)

@@ -12,6 +12,7 @@ from autoprune.errors import ConfigError
 from autoprune.evaluate import Evaluator, LatencySettings
 from autoprune.presets import EnvConfig, load_space
 from autoprune.proxy import Proxy, predict, recalibrate_batchnorm
+from autoprune.reconstruct import Reconstructor
 from autoprune.space import SearchSpace
 from autoprune.zoo.datasets import CIFAR10_MEAN, CIFAR10_STD, load_split
 from autoprune.zoo.digits import pretrained_digits_cnn
@@ -65,6 +66,7 @@ class Experiment:
         proxy_settings = dict(config.proxy)
         proxy_split = _split(config, "proxy", options)
         n_images = proxy_settings.pop("images", None)
+        recover = proxy_settings.pop("recover", None) or "bn"
         if n_images is not None:
             if n_images < 1:
                 raise ConfigError(f"proxy images must be >= 1, got {n_images}")
@@ -72,6 +74,9 @@ class Experiment:
         calibration = _split(config, "calibration", options)
         proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
         evaluator = Evaluator(model, example_inputs, space, proxy, config.criterion, latency)
+        if recover == "reconstruct":
+            evaluator.recovery = Reconstructor(model, example_inputs, space, evaluator.pruner, torch.cat(proxy.calibration)
+                                               if proxy.calibration else torch.empty(0))
         return cls(config, model, source, example_inputs, space, evaluator, options)
 
     def split(self, role_or_name: str) -> ImageSet:

@@ -17,7 +17,8 @@ from autoprune.space import SpaceConfig
 
 DEFAULT_ENV = "digits-demo"
 SPLIT_ROLES = {"proxy", "report", "calibration"}
-PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size"}
+PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size", "recover"}
+RECOVERY_METHODS = ("bn", "reconstruct")  # bn: BatchNorm recalibration; reconstruct: AMC's least squares
 _ENV_KEYS = {"name", "description", "model", "weights", "dataset", "num_classes", "input_shape", "normalize",
              "splits", "proxy", "search_space", "criterion"}
 
@@ -121,6 +122,8 @@ def _env_problem(doc: dict[str, Any]) -> str | None:
     unknown = set(proxy) - PROXY_KEYS
     if unknown:
         return f"proxy has unknown keys {sorted(unknown)}; allowed: {sorted(PROXY_KEYS)}"
+    if proxy.get("recover") not in (None, *RECOVERY_METHODS):
+        return f"proxy recover must be one of {', '.join(RECOVERY_METHODS)}, got {proxy.get('recover')!r}"
     for key in ("images", "calibration_batches", "batch_size"):
         value = proxy.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):

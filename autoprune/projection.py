@@ -62,11 +62,11 @@ def project(shape: Mapping[str, float], space: SearchSpace, cost: CostFn, limit:
             break
     kept = kept_at(lo)
     if fill:
-        kept = _fill(kept, {u.name: lo * keep_frac[u.name] for u in space.units}, space, cost, limit)
+        kept = fill_budget(kept, {u.name: lo * keep_frac[u.name] for u in space.units}, space, cost, limit)
     return space.policy_from_kept(kept)
 
 
-def _fill(kept: dict[str, int], target: Mapping[str, float], space: SearchSpace, cost: CostFn, limit: float) -> dict[str, int]:
+def fill_budget(kept: dict[str, int], target: Mapping[str, float], space: SearchSpace, cost: CostFn, limit: float) -> dict[str, int]:
     """Add channels, one rounding step at a time, to units furthest below their target while they fit."""
     kept = dict(kept)
     open_units = [u for u in space.units if kept[u.name] < u.max_kept]

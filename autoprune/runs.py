@@ -18,7 +18,7 @@ from autoprune.evaluate import Candidate
 from autoprune.policy import PolicyRecord
 
 RUNS_ROOT = Path("results") / "runs"
-_TIMINGS = ("prune", "recalibrate", "score", "cost", "latency", "total")
+_TIMINGS = ("prune", "recover", "recalibrate", "score", "cost", "latency", "total")
 
 
 def new_run_dir(out: str | Path | None, env: str, method: str) -> Path:
@@ -147,6 +147,9 @@ def write_summary(
     if m.get("latency_ms") is not None and dense.get("latency_ms"):
         lines.append(f"| latency (ms, {search.get('device')}) | {dense['latency_ms']:.3f} | {m['latency_ms']:.3f} | "
                      f"{m['latency_ms'] / dense['latency_ms']:.4f} |")
+    if m.get("latency_predicted_ms") is not None and dense.get("latency_predicted_ms"):
+        lines.append(f"| latency predicted by the lookup table (ms) | {dense['latency_predicted_ms']:.3f} | "
+                     f"{m['latency_predicted_ms']:.3f} | {m['latency_predicted_ms'] / dense['latency_predicted_ms']:.4f} |")
     lines += [
         f"| proxy accuracy ({search['proxy_split']}, BN recalibrated) | {100 * dense['proxy_acc']:.2f}% | "
         f"{100 * m['proxy_acc']:.2f}% | |",

@@ -26,7 +26,8 @@ from autoprune.policy import PolicyRecord
 from autoprune.presets import EnvConfig
 from autoprune.runs import (TrialRecorder, new_run_dir, plot_pareto, plot_policy, plot_trials, read_trials,
                             write_config, write_summary)
-from autoprune.search import OptunaSearcher, RLSearcher, Searcher, get_searcher
+from autoprune.latency_table import latency_table_for, resolve_latency_model
+from autoprune.search import NetAdaptSearcher, OptunaSearcher, RLSearcher, Searcher, SensitivitySearcher, get_searcher
 from autoprune.study import (StudyRecorder, counted, has_heartbeat, open_storage, open_study, parse_objectives,
                              reap_dead_trials)
 
@@ -54,6 +55,7 @@ class SearchSettings:
     download: bool = False
     trust_checkpoint: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
+    latency_model: str | None = None  # lut or measure; default: lut for netadapt and sensitivity, measure otherwise
 
     @property
     def env_config(self) -> EnvConfig:
@@ -70,7 +72,12 @@ class SearchSettings:
         budget = Budget.parse(self.budget)
         latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or budget.metric == "latency" else None
         options = DataOptions(self.data_dir, None, self.download, self.trust_checkpoint)
-        return Experiment.from_config(self.env_config, options, device=self.device, latency=latency)
+        model = resolve_latency_model(self.latency_model, self.method, budget)
+        exp = Experiment.from_config(self.env_config, options, device=self.device, latency=latency)
+        if model == "lut":
+            exp.evaluator.latency_table = latency_table_for(exp.model, exp.example_inputs, exp.space, latency,
+                                                            exp.evaluator.pruner.prune)
+        return exp
 
     def searcher(self, exp: Experiment, seed_offset: int = 0) -> Searcher:
         """The searcher, validated against the experiment (budget reachable, options known)."""
@@ -143,6 +150,8 @@ def _attach_records(exp: Experiment, searcher: Searcher, storage: Any, study: An
         searcher.wait_for_running = has_heartbeat(storage)
     if isinstance(searcher, RLSearcher):  # saves its agent there, and continues the episodes trials.csv holds
         searcher.continue_run(run_dir)
+    if isinstance(searcher, (NetAdaptSearcher, SensitivitySearcher)):  # netadapt.csv, sensitivity.csv and plots
+        searcher.run_dir = run_dir
 
 
 def _search_in_process(searcher: Searcher, exp: Experiment, progress: bool) -> None:
@@ -221,17 +230,21 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: fl
     best_row = feasible["proxy_acc"].idxmax()
     best = feasible.loc[best_row]
     kept = {n: int(best[f"kept:{n}"]) for n in exp.space.names}
-    network = exp.evaluator.pruner.prune(kept)
+    network = exp.evaluator.build(exp.space.policy_from_kept(kept))  # exactly what the proxy scored
+    recalibrate = exp.evaluator.recovery is None
     x = exp.example_inputs
     dense_net = copy.deepcopy(exp.model)
     metrics = {"flops": fvcore_flops(network, x), "params": count_params(network), "proxy_acc": float(best["proxy_acc"]),
-               "report_acc": exp.accuracy(network, "report")}
+               "report_acc": exp.accuracy(network, "report", recalibrate=recalibrate)}
     dense = {"flops": fvcore_flops(dense_net, x), "params": count_params(dense_net),
              "proxy_acc": exp.evaluator.proxy.score(copy.deepcopy(dense_net)).accuracy,
              "report_acc": exp.accuracy(copy.deepcopy(dense_net), "report")}
     if budget.metric == "latency" or settings.latency:
         metrics["latency_ms"] = measure_latency(network, x, settings.device, threads=settings.threads)
         dense["latency_ms"] = measure_latency(dense_net, x, settings.device, threads=settings.threads)
+    if exp.evaluator.latency_table is not None:  # what the search went by, against what was measured above
+        metrics["latency_predicted_ms"] = exp.evaluator.latency_table.predict(kept)
+        dense["latency_predicted_ms"] = exp.evaluator.latency_table.dense_ms
     config = settings.env_config
     record = PolicyRecord(
         ratios={n: float(best[f"ratio:{n}"]) for n in exp.space.names},
@@ -245,7 +258,7 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: fl
     run_dir.mkdir(parents=True, exist_ok=True)
     record.save(run_dir / "policy.json")
     fresh = trials[trials["cached"] == False]  # noqa: E712  (a column of booleans)
-    forward = (fresh["time_recalibrate"].fillna(0) + fresh["time_score"].fillna(0)).sum()
+    forward = sum(fresh[c].fillna(0).sum() for c in ("time_recover", "time_recalibrate", "time_score") if c in fresh)
     total = fresh["time_total"].fillna(0).sum()
     write_summary(run_dir, record, dense, {
         "limit": limit, "metric_label": {"flops": FLOPS_LABEL, "params": "params", "latency": "ms"}[budget.metric],

@@ -163,6 +163,13 @@ class Unit:
         """Most channels the search may keep."""
         return self._most
 
+    @property
+    def allowed_kept(self) -> tuple[int, ...]:
+        """Every kept count some ratio within the bounds gives, ascending."""
+        step = min(self.round_to, self.channels)
+        counts = [*range(self.min_kept, self.max_kept + 1, step), self.max_kept]
+        return tuple(sorted({self.kept(min(self.max_ratio, max(self.min_ratio, 1.0 - c / self.channels))) for c in counts}))
+
 
 @dataclass(frozen=True)
 class SearchSpace:

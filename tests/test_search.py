@@ -45,7 +45,7 @@ def test_reproducible_with_seed(digits, method):
     first = [c.policy for c in _run(digits, method, seed=1).candidates]
     again = [c.policy for c in _run(digits, method, seed=1).candidates]
     assert first == again
-    if method != "uniform":  # uniform has nothing random
+    if method not in ("uniform", "netadapt"):  # uniform and NetAdapt have nothing random
         assert [c.policy for c in _run(digits, method, seed=2).candidates] != first
 
 
@@ -58,7 +58,8 @@ def test_every_candidate_is_recorded(digits, method, tmp_path):
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert len(trials) == result.evaluations == (1 if method == "uniform" else EVALS)
     assert (trials["method"] == method).all()
-    assert trials["within_budget"].all()
+    # NetAdapt shrinks step by step: only its last candidate is within the budget
+    assert (trials["within_budget"].tail(1) if method == "netadapt" else trials["within_budget"]).all()
     assert trials["proxy_acc"].tolist() == pytest.approx([c.proxy_acc for c in result.candidates])
     for name in digits.space.names:
         assert trials[f"kept:{name}"].tolist() == [c.kept[name] for c in result.candidates]

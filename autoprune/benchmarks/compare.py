@@ -129,6 +129,9 @@ def write_report(path: Path, cells: list[dict[str, Any]], dense: dict[str, float
 
 def main(argv: list[str] | None = None) -> int:
     """Run every missing cell, then write the report."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m autoprune.benchmarks.compare")
     parser.add_argument("--env", default="resnet20-cifar10")
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evals", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
     args = parser.parse_args(argv)
     budget = Budget.parse(args.budget)
     tag = f"{args.env}-{budget}" + (f"-{Path(args.weights).stem}" if args.weights else "")
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.methods.split(","):
         for seed in range(1 if spec == "uniform" else args.seeds):
             path = cell_dir / f"{spec}-e{args.evals}-s{seed}.json"
+            if not path.is_file() and args.report_only:
+                continue
             if not path.is_file():
                 cell = run_cell(args.env, args.weights, budget, spec, args.evals, seed)
                 tmp = path.with_suffix(".tmp")

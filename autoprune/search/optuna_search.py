@@ -22,6 +22,7 @@ from autoprune.errors import ConfigError
 from autoprune.evaluate import Evaluator
 from autoprune.policy import Policy
 from autoprune.search.base import Searcher
+from autoprune.search.sensitivity import DEFAULT_RATIOS, check_prior, sensitivity_allocation
 from autoprune.study import candidate_attrs, counted, objective_values, open_study, unit_distributions, worker_id
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
@@ -68,6 +69,9 @@ class OptunaSearcher(Searcher):
         objectives: ``("acc",)`` or ``("acc", "flops")`` / ``("acc", "latency")`` / ``("acc", "params")``.
         study: the study to work on (default: a new in-memory one); replaceable until :meth:`search`.
         warm_start: enqueue the uniform policy at the budget as the first trial.
+        prior: ``sensitivity`` enqueues the sensitivity allocation at the budget as the next trial
+            (see :mod:`autoprune.search.sensitivity`; the scan is cached).
+        ratios: the ratio grid of that prior's scan.
 
     Attributes:
         wait_for_running: when the last evaluations are running in other workers, wait for them (and
@@ -87,7 +91,10 @@ class OptunaSearcher(Searcher):
         objectives: Sequence[str] = ("acc",),
         study: optuna.Study | None = None,
         warm_start: bool = True,
+        prior: str | None = None,
+        ratios: str = DEFAULT_RATIOS,
     ) -> None:
+        self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         super().__init__(evaluator, budget, evals, seed)
         self.objectives = tuple(objectives)
         self.sampler = make_sampler(sampler, seed, len(self.objectives))
@@ -107,6 +114,8 @@ class OptunaSearcher(Searcher):
         if self.warm_start:
             uniform = self.project({n: 0.0 for n in self.space.names}, fill=False)
             self.study.enqueue_trial(dict(uniform), skip_if_exists=True)
+        if self.prior_ratios is not None:
+            self.study.enqueue_trial(dict(sensitivity_allocation(self, self.prior_ratios)[0]), skip_if_exists=True)
         while not self.exhausted:
             trials = self.study.get_trials(deepcopy=False)
             in_flight = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)

@@ -23,6 +23,8 @@ from autoprune.budget import Budget
 from autoprune.errors import ConfigError
 from autoprune.evaluate import Evaluator
 from autoprune.search.base import Searcher
+from autoprune.search.sensitivity import DEFAULT_RATIOS, check_prior, narrowed_space
+from autoprune.space import SearchSpace
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -60,6 +62,9 @@ class RLSearcher(Searcher):
         run_dir: where the agent is saved; a search that finds earlier episodes recorded in its
             ``trials.csv`` continues from the agent saved there (see :meth:`continue_run`).
         save_every: save the agent every this many episodes (and at the end).
+        prior: ``sensitivity`` lowers each unit's max ratio to where pruning it alone starts to cost
+            accuracy (see :func:`~autoprune.search.sensitivity.narrowed_space`; the scan is cached).
+        ratios: the ratio grid of that prior's scan.
 
     Attributes:
         agent: the stable-baselines3 agent, after :meth:`search`.
@@ -91,7 +96,10 @@ class RLSearcher(Searcher):
         tensorboard: str | Path | None = None,
         run_dir: str | Path | None = None,
         save_every: int = 10,
+        prior: str | None = None,
+        ratios: str = DEFAULT_RATIOS,
     ) -> None:
+        self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         given = {"warmup": warmup, "noise_sigma": noise_sigma, "noise_decay": noise_decay, "lr_actor": lr_actor,
                  "lr_critic": lr_critic, "batch_size": batch_size}
         unused = [_FLAGS[k] for k, v in given.items() if v is not None and k not in self.options]
@@ -143,10 +151,10 @@ class RLSearcher(Searcher):
         """Whether the episodes (recorded ones included) are spent."""
         return self.done_before + self.result.evaluations >= self.evals
 
-    def _make_env(self) -> ChannelPruningEnv:
+    def _make_env(self, space: SearchSpace | None = None) -> ChannelPruningEnv:
         from autoprune.env import ChannelPruningEnv
 
-        env = ChannelPruningEnv(self.evaluator, budget=self.budget, reward=self.reward, evaluate=self.evaluate)
+        env = ChannelPruningEnv(self.evaluator, budget=self.budget, reward=self.reward, evaluate=self.evaluate, space=space)
         assert env.limit == self.limit
         return env
 
@@ -155,6 +163,8 @@ class RLSearcher(Searcher):
 
         if self.exhausted:
             return
+        if self.prior_ratios is not None:
+            self.env = self._make_env(narrowed_space(self, self.prior_ratios))
         steps = len(self.space)
         resume = self.run_dir is not None and self.done_before > 0 and (self.run_dir / agents.AGENT_FILE).is_file()
         seed = self.seed + self.done_before  # a continued search must not replay the first session's random actions

@@ -1,0 +1,126 @@
+"""The latency lookup table: structure, calibration, caching, and the devices it can time on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.budget import Budget
+from autoprune.errors import ConfigError
+from autoprune.evaluate import LatencySettings
+from autoprune.latency_table import (LATENCY_MODELS, Interaction, LatencyTable, latency_table_for, paired_latency,
+                                     resolve_latency_model, timing_device)
+from autoprune.space import SearchSpace, SpaceConfig
+
+FAST = LatencySettings(repeats=5, warmup=1)
+
+
+class Chain(nn.Module):
+    """Three 3x3 conv-BN-ReLU layers of 64 channels: each middle conv is shared by two units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in in (3, 64, 64):
+            layers += [nn.Conv2d(c_in, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def chain() -> tuple[nn.Module, torch.Tensor, SearchSpace, LatencyTable]:
+    torch.manual_seed(0)
+    model, x = Chain().eval(), torch.randn(1, 3, 32, 32)
+    space = SearchSpace.from_model(model, x, SpaceConfig(max_ratio=0.75, round_to=16))
+    return model, x, space, LatencyTable.build(model, x, space, FAST, pair_points=3)
+
+
+def test_table_has_an_entry_for_every_allowed_kept_count(chain):
+    _, _, space, table = chain
+    assert len(space) == 3
+    for unit in space.units:
+        assert unit.allowed_kept == (16, 32, 48, 64)
+        assert set(table.savings[unit.name]) == {16, 32, 48, 64}
+        assert table.savings[unit.name][64] == 0.0
+    assert table.entries == 12
+    # features.3 has its input channels from unit features.0 and its outputs in unit features.3 (and so on)
+    assert {(i.module, i.in_unit, i.out_unit) for i in table.interactions} == {
+        ("features.3", "features.0", "features.3"), ("features.6", "features.3", "features.6")}
+
+
+def test_predictions_are_anchored_and_fall_with_channels(chain):
+    model, x, space, table = chain
+    dense = {u.name: u.channels for u in space.units}
+    fewest = {u.name: u.min_kept for u in space.units}
+    assert table.predict(dense) == pytest.approx(table.dense_ms)
+    assert table.predict(fewest) < 0.8 * table.predict(dense)  # a quarter of the channels: far less time
+    middle = space.units[1].name
+    assert table.saving(middle, 16) > table.saving(middle, 48)
+    assert table.scale > 0
+    assert len(table.calibration) == 3
+    measured, _ = paired_latency(model, model, x, FAST)
+    assert 0.3 * measured < table.dense_ms < 3.0 * measured  # loose: the machine is shared
+
+
+def test_rebased_table_scales_every_prediction(chain):
+    _, _, space, table = chain
+    kept = {u.name: 32 for u in space.units}
+    twice = table.rebased(2 * table.dense_ms)
+    assert twice.predict(kept) == pytest.approx(2 * table.predict(kept))
+
+
+def test_json_round_trip_keeps_predictions(chain):
+    _, _, space, table = chain
+    again = LatencyTable.from_json(table.to_json())
+    for k in (16, 32, 48):
+        kept = {u.name: k for u in space.units}
+        assert again.predict(kept) == pytest.approx(table.predict(kept))
+    with pytest.raises(ValueError):
+        LatencyTable.from_json('{"format": "something else"}')
+
+
+def test_interaction_is_bilinear_and_zero_at_dense():
+    i = Interaction("conv", "a", "b", (8, 16), (4, 8), ((0.2, 0.0), (0.0, 0.0)))
+    assert i.at(8, 4) == pytest.approx(0.2)
+    assert i.at(16, 4) == 0.0 and i.at(8, 8) == 0.0
+    assert i.at(12, 6) == pytest.approx(0.05)
+
+
+def test_second_request_reads_the_cache(chain, monkeypatch):
+    model, x, space, _ = chain
+    first = latency_table_for(model, x, space, FAST, points=4, pair_points=2)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached table should have been read")
+
+    monkeypatch.setattr(LatencyTable, "build", no_build)
+    again = latency_table_for(model, x, space, FAST, points=4, pair_points=2)
+    assert again.savings == first.savings and again.reference_ms == first.reference_ms
+
+
+def test_latency_model_defaults_and_errors():
+    latency, flops = Budget.parse("0.6latency"), Budget.parse("0.5flops")
+    assert resolve_latency_model(None, "netadapt", latency) == "lut"
+    assert resolve_latency_model(None, "sensitivity", latency) == "lut"
+    assert resolve_latency_model(None, "random", latency) == "measure"
+    assert resolve_latency_model("lut", "random", latency) == "lut"
+    assert resolve_latency_model(None, "netadapt", flops) is None
+    with pytest.raises(ConfigError, match="applies to latency budgets"):
+        resolve_latency_model("lut", "netadapt", flops)
+    with pytest.raises(ConfigError, match="'fast'"):
+        resolve_latency_model("fast", "netadapt", latency)
+    assert LATENCY_MODELS == ("lut", "measure")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
+def test_table_refuses_a_device_that_cannot_be_timed(chain):
+    model, x, space, _ = chain
+    with pytest.raises(ConfigError, match="'cuda'"):
+        LatencyTable.build(model, x, space, LatencySettings(device="cuda"))
+    with pytest.raises(ConfigError, match="'nope'"):
+        timing_device("nope")
+
