@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import torch
 
 from autoprune.budget import Budget
-from autoprune.cost import FLOPS_LABEL, count_params, fvcore_flops, measure_latency
+from autoprune.cost import FLOPS_LABEL, count_params, fvcore_flops, measure_latency, resolve_device
 from autoprune.errors import AutopruneError, ConfigError, PolicyError
 from autoprune.evaluate import LatencySettings
 from autoprune.experiment import DataOptions, Experiment
@@ -137,14 +137,7 @@ def _config(args: argparse.Namespace, record: PolicyRecord | None = None) -> Env
 
 
 def _device(name: str) -> str:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} cannot be used: no CUDA device is available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not supported; use cpu or cuda")
+    resolve_device(name)
     return name
 
 

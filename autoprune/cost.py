@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.errors import ConfigError
 from autoprune.space import SearchSpace
 
 FLOPS_LABEL = "FLOPs (MACs, fvcore)"
@@ -138,6 +139,23 @@ class CostModel:
 
         if halved:
             probe(list(halved))
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device ``name`` names, checked to be usable here (CPU, or CUDA when present).
+
+    Raises:
+        ConfigError: for an unknown device, or one that cannot be used here.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {str(name)!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(name)!r} cannot be used: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(name)!r} is not supported; use cpu or cuda")
+    return device
 
 
 def measure_latency(

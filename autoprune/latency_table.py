@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from autoprune.budget import Budget
-from autoprune.cost import measure_latency
+from autoprune.cost import measure_latency, resolve_device
 from autoprune.errors import ConfigError
 from autoprune.evaluate import LatencySettings
 from autoprune.prune import Pruner
@@ -56,23 +56,6 @@ LATENCY_MODELS = ("lut", "measure")
 CALIBRATION_LEVELS = (1 / 3, 2 / 3, 1.0)  # uniform calibration networks: this far from min_ratio to max_ratio
 
 PruneFn = Callable[[Mapping[str, int]], nn.Module]
-
-
-def timing_device(name: str | torch.device) -> torch.device:
-    """The device latency is timed on.
-
-    Raises:
-        ConfigError: for an unknown device, or one that cannot be used here.
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {str(name)!r} for latency; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"latency cannot be timed on device {str(name)!r}: no CUDA device is available here; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"latency cannot be timed on device {str(name)!r}; use cpu or cuda")
-    return device
 
 
 def resolve_latency_model(model: str | None, method: str, budget: Budget) -> str | None:
@@ -246,7 +229,7 @@ class LatencyTable:
             ConfigError: if latency cannot be timed on the settings' device.
         """
         settings = settings or LatencySettings()
-        device = timing_device(settings.device)
+        device = resolve_device(settings.device)
         x = torch.randn((settings.batch_size, *example_inputs.shape[1:]), generator=torch.Generator().manual_seed(0))
         prune = prune or Pruner(model, example_inputs, space).prune
         dense = copy.deepcopy(model)
@@ -403,7 +386,7 @@ class _LayerTimer:
 
 def paired_latency(network: nn.Module, reference: nn.Module, x: torch.Tensor, settings: LatencySettings) -> tuple[float, float]:
     """Median latencies (ms) of ``network`` and ``reference``, the two run alternately (same load on the machine)."""
-    device = timing_device(settings.device)
+    device = resolve_device(settings.device)
     networks = [n.to(device).eval() for n in (network, reference)]
     x = x.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -434,7 +417,7 @@ def _spread(n: int, k: int) -> list[int]:
 def table_key(model: nn.Module, example_inputs: torch.Tensor, space: SearchSpace, settings: LatencySettings,
               points: int, pair_points: int) -> str:
     """Cache key of a table: architecture, input, searched units and their counts, device and timing settings."""
-    device = timing_device(settings.device)
+    device = resolve_device(settings.device)
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"{platform.machine()} {platform.processor()} {os.cpu_count()}")
     doc = {

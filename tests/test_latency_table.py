@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from autoprune.budget import Budget
+from autoprune.cost import resolve_device
 from autoprune.errors import ConfigError
 from autoprune.evaluate import LatencySettings
 from autoprune.latency_table import (LATENCY_MODELS, Interaction, LatencyTable, latency_table_for, paired_latency,
-                                     resolve_latency_model, timing_device)
+                                     resolve_latency_model)
 from autoprune.space import SearchSpace, SpaceConfig
 
 FAST = LatencySettings(repeats=5, warmup=1)
@@ -122,5 +123,5 @@ def test_table_refuses_a_device_that_cannot_be_timed(chain):
     with pytest.raises(ConfigError, match="'cuda'"):
         LatencyTable.build(model, x, space, LatencySettings(device="cuda"))
     with pytest.raises(ConfigError, match="'nope'"):
-        timing_device("nope")
+        resolve_device("nope")
 

@@ -30,7 +30,8 @@ import torch
 from autoprune.benchmarks.machine import machine_header
 from autoprune.errors import AutopruneError, BudgetError
 from autoprune.evaluate import LatencySettings
-from autoprune.latency_table import LatencyTable, paired_latency, timing_device
+from autoprune.cost import resolve_device
+from autoprune.latency_table import LatencyTable, paired_latency
 from autoprune.presets import load_env, load_space
 from autoprune.projection import check_reachable, project
 from autoprune.prune import Pruner
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_env(args.env)
-        device = timing_device(args.device)
+        device = resolve_device(args.device)
         fractions = [float(f) for f in args.fractions.split(",")]
         if args.max_ratio is not None and not 0.0 < args.max_ratio < 1.0:
             raise ValueError(f"--max-ratio must be in (0, 1), got {args.max_ratio}")
