@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dashboard)
 
     _add_sensitivity(sub)
+    _add_bench(sub)
     ls = sub.add_parser("list", help="list env presets, search spaces, methods and models")
     ls.set_defaults(func=cmd_list)
     return parser
@@ -281,6 +282,65 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(summary_line(table))
     source = f"{table.evaluations} evaluations" if table.evaluations else f"read from the cache {table.path}"
     print(f"{len(exp.space)} units x {len(ratios)} ratios ({source}); wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from autoprune.bench import DEFAULT_METHODS
+
+    b = sub.add_parser("bench", help="compare search methods on one env: same Evaluator, budgets and evaluations, "
+                       "mean ± std over seeds; writes a report, a CSV and plots")
+    _add_common(b)
+    b.add_argument("--budgets", default="0.3,0.5,0.7", help="comma list; bare numbers are FLOPs fractions "
+                   "(default 0.3,0.5,0.7)")
+    b.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list, optuna as optuna-<sampler> "
+                   f"(default {','.join(DEFAULT_METHODS)})")
+    b.add_argument("--seeds", type=int, help=f"seeds per stochastic method (default 3; --quick {QUICK['seeds']})")
+    b.add_argument("--evals", type=int, help=f"evaluations per cell (default 300; --quick {QUICK['evals']})")
+    b.add_argument("--finetune-epochs", type=int, help=f"short fine-tune of every best policy (default 0; --quick "
+                   f"{QUICK['finetune_epochs']})")
+    b.add_argument("--finetune-images", type=int, help="fine-tune on this many calibration images (default all; "
+                   f"--quick {QUICK['finetune_images']})")
+    b.add_argument("--no-latency", action="store_true", help="do not time the best policies")
+    b.add_argument("--name", help="report name (default: the env's name)")
+    b.add_argument("--out", default="results/benchmarks", help="folder of the report and its cells "
+                   "(default results/benchmarks)")
+    b.add_argument("--quick", action="store_true", help="CI-sized run: few evaluations, one seed, a tiny fine-tune")
+    b.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_bench)
+
+
+QUICK = {"seeds": 1, "evals": 6, "finetune_epochs": 1, "finetune_images": 256}
+FULL = {"seeds": 3, "evals": 300, "finetune_epochs": 0, "finetune_images": None}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``autoprune bench``: run the missing cells of a method x budget x seed matrix, then write the report."""
+    from autoprune.bench import (BenchSettings, check_cells, check_identity, dense_baseline, dense_experiment,
+                                 finished_cells, parse_budgets, run_bench)
+    from autoprune.bench_report import write_report
+
+    sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
+    settings = BenchSettings(
+        env=_config(args).to_dict(), budgets=parse_budgets(args.budgets),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), **sizes,
+        latency=not args.no_latency, device=_device(args.device), threads=args.threads, data_dir=args.data_dir,
+        name=args.name, out=args.out,
+    )
+    settings.check()
+    check_identity(settings)
+    exp = dense_experiment(settings)
+    if not args.report_only:
+        check_cells(settings, exp)
+        run_bench(settings, progress=not args.quiet)
+    cells = finished_cells(settings)
+    if not cells:
+        raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
+    scan_path = settings.cell_dir / "sensitivity-scan.json"
+    scan = json.loads(scan_path.read_text()) if scan_path.is_file() else None
+    files = write_report(settings, cells, dense_baseline(settings, exp), scan, ["autoprune", *args.argv])
+    print(f"{len(cells)} of {len(settings.cells())} cells finished; wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -537,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except AutopruneError as e:

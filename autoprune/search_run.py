@@ -118,7 +118,7 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
     _attach_records(exp, searcher, storage, study, run_dir, objectives)
     start = time.perf_counter()
     if settings.workers == 1:
-        _search_in_process(searcher, exp, progress)
+        search_in_process(searcher, exp, progress)
     else:
         _search_with_workers(settings, run_dir, study, progress)
     finish(run_dir, exp, settings, seconds=time.perf_counter() - start)
@@ -154,12 +154,13 @@ def _attach_records(exp: Experiment, searcher: Searcher, storage: Any, study: An
         searcher.run_dir = run_dir
 
 
-def _search_in_process(searcher: Searcher, exp: Experiment, progress: bool) -> None:
+def search_in_process(searcher: Searcher, exp: Experiment, progress: bool, leave: bool = True) -> None:
+    """Run ``searcher`` here, with a progress bar showing the best policy so far (``leave``: keep it when done)."""
     from tqdm import tqdm
 
     dense = exp.evaluator.cost.dense_flops
     with tqdm(total=searcher.planned_evaluations, desc=searcher.name, unit="eval", disable=not progress,
-              mininterval=0.5, file=sys.stderr) as bar:
+              mininterval=0.5, file=sys.stderr, leave=leave) as bar:
         def report(candidate: Any, best: Any) -> None:
             if best is not None:
                 bar.set_postfix_str(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")

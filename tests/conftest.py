@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,5 +46,28 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureF
             code = int(e.code or 0)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
+
+    return run
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under ``root``, relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
+    """Run the CLI and check the error contract: status 2, one ``autoprune ...`` line on stderr, no traceback,
+    nothing written under tmp_path (the working directory); returns the error line."""
+
+    def run(*argv: str) -> str:
+        before = tree(tmp_path)
+        code, out, err = cli(*argv)
+        assert code == 2, out + err
+        assert "Traceback" not in out + err
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("autoprune"), err
+        assert tree(tmp_path) == before, "files were written"
+        return lines[0]
 
     return run

@@ -27,26 +27,6 @@ class _Opaque:
     """A pickled object that only ``torch.load(weights_only=False)`` can rebuild."""
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.fixture
-def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
-    """Run the CLI, check the error contract and that tmp_path is unchanged; returns the error line."""
-
-    def run(*argv: str) -> str:
-        before = _tree(tmp_path)
-        code, out, err = cli(*argv)
-        assert code != 0, out
-        assert "Traceback" not in out + err
-        lines = err.splitlines()
-        assert len(lines) == 1, err
-        assert lines[0].startswith("autoprune"), err
-        assert _tree(tmp_path) == before, "files were written"
-        return lines[0]
-
-    return run
 
 
 OPTION_CASES = [

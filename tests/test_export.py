@@ -201,21 +201,6 @@ def test_export_cli_writes_each_format(cli, tmp_path, digits_policy, fmt):
         assert len(json.loads(text)) == len(record.channels)
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.fixture
-def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
-    def run(*argv: str) -> str:
-        before = _tree(tmp_path)
-        code, out, err = cli(*argv)
-        assert code == 2, out + err
-        assert "Traceback" not in out + err and len(err.splitlines()) == 1 and err.startswith("autoprune"), err
-        assert _tree(tmp_path) == before, "files were written"
-        return err
-
-    return run
 
 
 def _edited(policy: Path, path: Path, edit: Callable[[dict[str, Any]], None]) -> str:

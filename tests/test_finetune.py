@@ -29,9 +29,6 @@ from tests.conftest import needs_cifar
 OUTPUTS = {"checkpoint.pt", "policy.json", "pruned.pt", "pruned.pt2", "state_dict.pt", "report.json", "report.md"}
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -45,21 +42,6 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits() -> Experiment:
     return Experiment.from_config(load_env("digits-demo"))
 
-
-@pytest.fixture
-def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
-    """Run the CLI, check the error contract (one line, status 2, no traceback, nothing written)."""
-
-    def run(*argv: str) -> str:
-        before = _tree(tmp_path)
-        code, out, err = cli(*argv)
-        assert code == 2, out + err
-        assert "Traceback" not in out + err
-        assert len(err.splitlines()) == 1 and err.startswith("autoprune"), err
-        assert _tree(tmp_path) == before, "files were written"
-        return err
-
-    return run
 
 
 def _outputs(path: Path, x: torch.Tensor) -> torch.Tensor:

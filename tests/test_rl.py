@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,19 +64,6 @@ def test_replay_buffer_centres_terminal_rewards():
     centred = sorted({round(float(r), 5) for r in batch.rewards.flatten()[terminal]})
     assert centred == pytest.approx([0.2 - buffer.baseline, 0.6 - buffer.baseline], abs=1e-5)
 
-
-@pytest.fixture
-def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
-    """Run the CLI expecting a one-line error and nothing written; returns the line."""
-
-    def run(*argv: str) -> str:
-        before = set(tmp_path.rglob("*"))
-        code, out, err = cli(*argv)
-        assert code == 2 and "Traceback" not in out + err and len(err.splitlines()) == 1, err
-        assert set(tmp_path.rglob("*")) == before, "files were written"
-        return err
-
-    return run
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -211,10 +210,6 @@ def test_cli_search_sensitivity_and_netadapt_runs(cli, tmp_path):
     assert list(history.columns[:2]) == ["iteration", "unit"] and history["chosen"].any()
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 @pytest.mark.parametrize("args, key", [
     (["sensitivity", "--ratios", "0:1:0.1"], "outside (0, 1)"),
     (["sensitivity", "--ratios", "0.1-0.9"], "cannot parse"),
@@ -228,21 +223,15 @@ def _tree(root: Path) -> set[str]:
     (["search", "--budget", "0.5flops", "--method", "netadapt", "--latency-model", "lut"], "latency budgets"),
     (["search", "--budget", "0.6latency", "--method", "optuna", "--prior", "sensitivity"], "--latency-model lut"),
 ])
-def test_cli_rejects(cli, tmp_path, args, key):
-    before = _tree(tmp_path)
-    code, out, err = cli(*args)
-    assert code == 2 and "Traceback" not in out + err
-    assert len(err.splitlines()) == 1 and err.startswith("autoprune: error:") and key in err, err
-    assert _tree(tmp_path) == before
+def test_cli_rejects(fails, args, key):
+    err = fails(*args)
+    assert err.startswith("autoprune: error:") and key in err, err
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is available")
 @pytest.mark.parametrize("command", [["search", "--budget", "0.6latency", "--method", "netadapt"], ["sensitivity"]])
-def test_cli_latency_on_a_device_that_cannot_be_timed(cli, tmp_path, command):
-    before = _tree(tmp_path)
-    code, out, err = cli(*command, "--device", "cuda")
-    assert code == 2 and len(err.splitlines()) == 1 and "'cuda'" in err and "Traceback" not in err
-    assert _tree(tmp_path) == before
+def test_cli_latency_on_a_device_that_cannot_be_timed(fails, command):
+    assert "'cuda'" in fails(*command, "--device", "cuda")
 
 
 @needs_cifar

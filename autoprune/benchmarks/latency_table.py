@@ -12,7 +12,7 @@ from other processes on the machine affects both alike; median of ``--repeats`` 
 table is rebased on the dense latency of that window, as a search rebases it on the dense latency it
 measures, and the report gives predicted against measured latency. A fraction the space cannot reach
 is reported as such. Only the architecture is needed (no weights, no
-data). Writes ``results/latency-table-<env>.md``.
+data). Writes ``results/latency-table-<env>.md`` (``-batch<N>`` appended for a batch above 1).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * float(np.mean(np.abs(errors))):.1f}%.", ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"latency-table-{args.env}.md"
+    path = out / f"latency-table-{args.env}{f'-batch{args.batch_size}' if args.batch_size > 1 else ''}.md"
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,324 @@
+"""``autoprune bench``: every search method on the same Evaluator, budget and evaluation count, over seeds.
+
+A benchmark is a matrix of cells (method, budget, seed). Each cell is one search run in a fresh
+experiment (no cache shared between cells), built from the same :class:`~autoprune.search_run.SearchSettings`
+as ``autoprune search``, so every method sees the same proxy split, BN recalibration, cost model and
+budget projection. The best policy of the cell is then scored on the report split (BN recalibrated,
+no fine-tuning), timed on the device, and optionally fine-tuned with the same short schedule for
+every method. Each finished cell is saved as JSON under ``<out>/cells/<name>/<budget>/`` at once; a
+rerun skips finished cells, so a stopped benchmark resumes where it stopped. Cells run seed by seed,
+so an interrupted run still has every method at its first seed. Deterministic methods (uniform,
+NetAdapt) run one seed. The report is written by :mod:`autoprune.bench_report`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autoprune.augment import augmentation_for
+from autoprune.budget import Budget
+from autoprune.cost import count_params, measure_latency
+from autoprune.errors import ConfigError
+from autoprune.experiment import Experiment
+from autoprune.finetune import Finetuner, FinetuneSettings
+from autoprune.search import RL_SEARCHERS, SAMPLERS, get_searcher
+from autoprune.search_run import SearchSettings, search_in_process
+from autoprune.sensitivity import DEFAULT_RATIOS, parse_ratios, scan
+
+DEFAULT_METHODS = ("uniform", "random", "sensitivity", "netadapt", "optuna-tpe", "optuna-cmaes", "ddpg", "sac")
+DETERMINISTIC = ("uniform", "netadapt")  # more seeds would repeat the same search
+RL_WARMUP = 100  # AMC's warm-up episodes, or a third of a shorter run
+CELL_FORMAT = 1
+
+
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """``optuna-tpe`` -> (``optuna``, ``tpe``); any other method name -> (name, None).
+
+    Raises:
+        ConfigError: for an unknown method or sampler.
+    """
+    if spec.startswith("optuna-"):
+        sampler = spec.removeprefix("optuna-")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown Optuna sampler in {spec!r}; write optuna-<sampler> with one of {', '.join(SAMPLERS)}")
+        return "optuna", sampler
+    if spec == "optuna":
+        raise ConfigError("name the Optuna sampler in the benchmark: optuna-tpe, optuna-cmaes, ...")
+    get_searcher(spec)
+    return spec, None
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What a benchmark runs; everything but ``methods``, ``budgets``, ``seeds`` and ``out`` must match to reuse cells.
+
+    Attributes:
+        env: the resolved environment (network, weights, data, proxy, space).
+        budgets: budgets, e.g. ``("0.3flops", "0.5flops", "0.7flops")``.
+        methods: method specs (``optuna-<sampler>`` for Optuna).
+        seeds: seeds per stochastic method.
+        evals: evaluations per cell (episodes for the rl methods).
+        finetune_epochs: epochs of the short fine-tune of each best policy (0: none).
+        finetune_images: train on a fixed subset of this many calibration images (None: all).
+        latency: time each best policy (and the dense network) on the device.
+        device: where to evaluate, fine-tune and time.
+        threads: CPU threads while timing.
+        data_dir: data folder (default AUTOPRUNE_DATA_DIR).
+        name: the report's name (default: the env's name).
+        out: folder of the report and the cells.
+    """
+
+    env: dict[str, Any]
+    budgets: tuple[str, ...]
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: int = 3
+    evals: int = 300
+    finetune_epochs: int = 0
+    finetune_images: int | None = None
+    latency: bool = True
+    device: str = "cpu"
+    threads: int = 1
+    data_dir: str | None = None
+    name: str | None = None
+    out: str = "results/benchmarks"
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` or :class:`BudgetError` for settings that cannot run."""
+        if not self.methods:
+            raise ConfigError("--methods names no method")
+        rl = {cls.name for cls in RL_SEARCHERS}
+        for spec in self.methods:
+            method, _ = parse_method(spec)
+            for text in self.budgets:
+                if method in rl and Budget.parse(text).metric == "latency":
+                    raise ConfigError(f"{spec} cannot search the latency budget {text} (its clipping needs exact "
+                                      f"costs); benchmark rl methods on flops or params budgets")
+        if not self.budgets:
+            raise ConfigError("--budgets names no budget")
+        for text in self.budgets:
+            Budget.parse(text)
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.evals < 1:
+            raise ConfigError(f"--evals must be >= 1, got {self.evals}")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_images is not None and self.finetune_images < 2:
+            raise ConfigError(f"--finetune-images must be >= 2, got {self.finetune_images}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+    @property
+    def title(self) -> str:
+        """The report's name."""
+        return self.name or self.env["name"]
+
+    @property
+    def cell_dir(self) -> Path:
+        """Where the cells and the benchmark's identity are saved."""
+        return Path(self.out) / "cells" / self.title
+
+    def identity(self) -> dict[str, Any]:
+        """The settings finished cells depend on (a rerun with other values must not reuse them)."""
+        keep = ("env", "finetune_epochs", "finetune_images", "latency", "device", "threads")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+    def cells(self) -> list[tuple[int, str, str]]:
+        """Every (seed, budget, method) cell, seed by seed so that each method gets its first seed first."""
+        return [(seed, budget, spec) for seed in range(self.seeds) for budget in self.budgets for spec in self.methods
+                if seed == 0 or parse_method(spec)[0] not in DETERMINISTIC]
+
+    def cell_path(self, budget: str, spec: str, seed: int) -> Path:
+        """The JSON file of one cell."""
+        return self.cell_dir / str(Budget.parse(budget)) / f"{spec}-e{self.evals}-s{seed}.json"
+
+    def search_settings(self, budget: str, spec: str, seed: int) -> SearchSettings:
+        """The search of one cell; rl warm-ups are sized to ``evals`` (NetAdapt's step needs the space: see
+        :func:`netadapt_step`)."""
+        method, sampler = parse_method(spec)
+        options: dict[str, Any] = {}
+        if method in {cls.name for cls in RL_SEARCHERS}:
+            options["warmup"] = min(RL_WARMUP, self.evals // 3)
+        return SearchSettings(env=self.env, budget=str(Budget.parse(budget)), method=method, evals=self.evals,
+                              seed=seed, sampler=sampler or "tpe", device=self.device, threads=self.threads,
+                              data_dir=self.data_dir, method_options=options)
+
+
+def netadapt_step(budget: Budget, units: int, evals: int) -> float:
+    """NetAdapt's first step sized so that its iterations (one evaluation per unit each) fit ``evals``.
+
+    A relative budget needs a reduction of ``1 - value`` of the dense cost; spread over
+    ``evals / units`` iterations (at least the default 0.025, at most 0.5).
+    """
+    reduction = 1.0 - budget.value if budget.relative else 0.5
+    iterations = max(1, evals // max(1, units) - 1)
+    return min(0.5, max(0.025, reduction / iterations))
+
+
+def parse_budgets(text: str) -> tuple[str, ...]:
+    """``0.3,0.5,0.7`` (bare numbers are FLOPs fractions) or ``0.5flops,0.6params`` -> normalised budget strings.
+
+    Raises:
+        BudgetError: for a malformed budget.
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return tuple(str(Budget.parse(t + "flops" if t.replace(".", "", 1).isdigit() else t)) for t in items)
+
+
+def check_identity(settings: BenchSettings) -> None:
+    """Check the settings against those saved beside existing cells (nothing is written).
+
+    Raises:
+        ConfigError: if the saved cells were made with other settings.
+    """
+    path = settings.cell_dir / "bench.json"
+    if not path.is_file():
+        return
+    saved, now = json.loads(path.read_text()), json.loads(json.dumps(settings.identity()))
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({', '.join(changed)}); "
+                          f"rerun with the same options to resume, or pass another --name or --out")
+
+
+def check_cells(settings: BenchSettings, exp: Experiment) -> None:
+    """Build every (budget, method) searcher once on ``exp`` so that an impossible budget or a bad option fails
+    before any cell runs."""
+    for budget in settings.budgets:
+        for spec in settings.methods:
+            settings.search_settings(budget, spec, 0).searcher(exp)
+
+
+def run_bench(settings: BenchSettings, progress: bool = True,
+              on_cell: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every missing cell (saving each as it finishes); returns every cell of the matrix that exists."""
+    settings.check()
+    check_identity(settings)
+    from tqdm import tqdm
+
+    _write_json(settings.cell_dir / "bench.json", settings.identity())
+    todo = [c for c in settings.cells() if not settings.cell_path(c[1], c[2], c[0]).is_file()]
+    best: dict[str, float] = {}
+    with tqdm(total=len(settings.cells()), initial=len(settings.cells()) - len(todo), desc="bench", unit="cell",
+              disable=not progress, position=0) as bar:
+        for seed, budget, spec in todo:
+            bar.set_description(f"bench {spec} {budget} seed {seed}")
+            cell = run_cell(settings, budget, spec, seed, progress)
+            _write_json(settings.cell_path(budget, spec, seed), cell)
+            best[budget] = max(best.get(budget, 0.0), cell["report_acc"])
+            bar.set_postfix_str(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
+            bar.update(1)
+            if on_cell is not None:
+                on_cell(cell)
+    return finished_cells(settings)
+
+
+def finished_cells(settings: BenchSettings) -> list[dict[str, Any]]:
+    """The saved cells of the settings' matrix, in matrix order."""
+    paths = [settings.cell_path(b, m, s) for s, b, m in settings.cells()]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Search once, then score, time and fine-tune the best policy; returns the cell's record."""
+    search = settings.search_settings(budget, spec, seed)
+    exp = search.experiment()
+    if search.method == "netadapt":
+        search.method_options["step"] = netadapt_step(Budget.parse(budget), len(exp.space), settings.evals)
+    if search.method == "sensitivity":
+        record_scan(settings, exp)
+    searcher = search.searcher(exp)
+    start = time.perf_counter()
+    search_in_process(searcher, exp, progress, leave=False)
+    seconds = time.perf_counter() - start
+    result = searcher.result
+    best = result.best
+    if best is None:
+        raise ConfigError(f"{spec} found no policy within {budget} in {settings.evals} evaluations")
+    network = exp.evaluator.build(best.policy)
+    cell: dict[str, Any] = {
+        "format": CELL_FORMAT, "method": spec, "seed": seed, "budget": search.budget, "evals": result.evaluations,
+        "seconds": seconds, "proxy_acc": best.proxy_acc, "report_acc": exp.accuracy(network, "report"),
+        "flops": best.flops, "dense_flops": exp.evaluator.cost.dense_flops, "params": best.params,
+        "dense_params": count_params(exp.model), "kept": dict(best.kept),
+        "channels": {u.name: u.channels for u in exp.space.units}, "curve": best_so_far(result.candidates),
+    }
+    if settings.latency:
+        cell["latency_ms"] = measure_latency(copy.deepcopy(network), exp.example_inputs, settings.device,
+                                             threads=settings.threads)
+    if settings.finetune_epochs:
+        cell.update(finetune(exp, network, settings, seed))
+    return cell
+
+
+def best_so_far(candidates: list[Any]) -> list[float | None]:
+    """Best proxy accuracy within the budget after each evaluation (None before the first)."""
+    running, curve = None, []
+    for c in candidates:
+        if c.ok and c.meta.get("within_budget") and (running is None or c.proxy_acc > running):
+            running = c.proxy_acc
+        curve.append(running)
+    return curve
+
+
+def finetune(exp: Experiment, network: Any, settings: BenchSettings, seed: int) -> dict[str, Any]:
+    """The same short fine-tune for every method, from the BN-recalibrated pruned network."""
+    ft = FinetuneSettings(epochs=settings.finetune_epochs, train_images=settings.finetune_images, seed=seed)
+    start = time.perf_counter()
+    Finetuner(network, exp.split("calibration"), ft, augmentation_for(exp.config.dataset, exp.config.input_shape),
+              device=settings.device).fit()
+    return {"finetuned_acc": exp.accuracy(network, "report", recalibrate=False),
+            "finetune_seconds": time.perf_counter() - start}
+
+
+def record_scan(settings: BenchSettings, exp: Experiment) -> dict[str, Any]:
+    """Run (or read) the sensitivity scan once per benchmark and save its cost beside the cells."""
+    path = settings.cell_dir / "sensitivity-scan.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ratios = parse_ratios(DEFAULT_RATIOS)
+    start = time.perf_counter()
+    table = scan(exp.evaluator, ratios)
+    seconds = time.perf_counter() - start
+    record = {"ratios": DEFAULT_RATIOS, "evaluations": 1 + len(exp.space) * len(ratios),
+              "seconds": seconds if table.evaluations else None}  # None: read from an earlier cache, cost unknown
+    _write_json(path, record)
+    return record
+
+
+def dense_experiment(settings: BenchSettings) -> Experiment:
+    """The benchmark's experiment (network, data, Evaluator), as every cell builds it."""
+    return SearchSettings(env=settings.env, budget="1flops", device=settings.device, threads=settings.threads,
+                          data_dir=settings.data_dir).experiment()
+
+
+def dense_baseline(settings: BenchSettings, exp: Experiment | None = None) -> dict[str, Any]:
+    """The dense network scored exactly like a candidate (same BN recalibration); cached beside the cells."""
+    path = settings.cell_dir / "dense.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    exp = exp or dense_experiment(settings)
+    dense = copy.deepcopy(exp.model)
+    record: dict[str, Any] = {
+        "proxy_acc": exp.evaluator.proxy.score(copy.deepcopy(exp.model)).accuracy,
+        "report_acc": exp.accuracy(dense, "report"), "flops": exp.evaluator.cost.dense_flops,
+        "params": count_params(exp.model), "units": len(exp.space),
+        "proxy_images": len(exp.evaluator.proxy), "calibration_images": sum(len(b) for b in exp.evaluator.proxy.calibration),
+    }
+    if settings.latency:
+        record["latency_ms"] = measure_latency(dense, exp.example_inputs, settings.device, threads=settings.threads)
+    _write_json(path, record)
+    return record
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,261 @@
+"""The benchmark report: a markdown table per budget (mean ± std over seeds), a CSV of every cell and PNG plots.
+
+``<out>/<name>.md`` starts with the machine, library versions, the dense baseline and the exact
+command; ``<name>.csv`` holds one row per cell; ``<name>-tradeoff.png`` plots test accuracy against
+FLOPs with error bars per method, ``<name>-ratios.png`` the per-unit ratio profile of each method's
+best policy, and ``<name>-curves.png`` the best proxy accuracy found after each evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autoprune.bench import DETERMINISTIC, BenchSettings
+from autoprune.benchmarks.machine import machine_header
+from autoprune.cost import FLOPS_LABEL
+
+BASELINES = ("uniform", "random")
+COLUMNS = ("method", "budget", "seed", "evals", "seconds", "evals_per_min", "proxy_acc", "report_acc", "finetuned_acc",
+           "flops_fraction", "flops", "params", "latency_ms")
+
+
+def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell with the report's columns (NaN where a cell did not measure something)."""
+    rows = []
+    for c in cells:
+        rows.append({
+            "method": c["method"], "budget": c["budget"], "seed": c["seed"], "evals": c["evals"],
+            "seconds": c["seconds"], "evals_per_min": 60.0 * c["evals"] / c["seconds"],
+            "proxy_acc": c["proxy_acc"], "report_acc": c["report_acc"], "finetuned_acc": c.get("finetuned_acc"),
+            "flops_fraction": c["flops"] / c["dense_flops"], "flops": c["flops"], "params": c["params"],
+            "latency_ms": c.get("latency_ms"),
+        })
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: float for k in COLUMNS[3:]})
+
+
+def _ms(values: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
+    values = values.dropna() * scale
+    if values.empty:
+        return "—"
+    std = values.std() if len(values) > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def _stats(frame: pd.DataFrame, column: str) -> dict[str, tuple[float, float | None]]:
+    """Per method: mean and std over seeds of ``column`` (std 0 for a deterministic method, None for one seed
+    of a stochastic one)."""
+    out = {}
+    for method, group in frame.groupby("method", sort=False):
+        values = group[column].dropna()
+        if len(values):
+            std = float(values.std()) if len(values) > 1 else 0.0 if method in DETERMINISTIC else None
+            out[method] = (float(values.mean()), std)
+    return out
+
+
+def _versus(stats: dict[str, tuple[float, float | None]], method: str, base: str) -> str:
+    """``+1.23 ✓`` when ``method`` beats ``base`` by more than one std (the larger of the two), ``-0.40``
+    otherwise; ``?`` marks a difference whose std is unknown (one seed)."""
+    (mean, std), (b_mean, b_std) = stats[method], stats[base]
+    diff = 100 * (mean - b_mean)
+    if std is None or b_std is None:
+        return f"{diff:+.2f} ?"
+    return f"{diff:+.2f}" + (" ✓" if diff > 100 * max(std, b_std) else "")
+
+
+def comparison_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:
+    """Markdown: the best method per metric, then each searched method's gain over uniform and random search."""
+    stats = {column: _stats(frame, column) for column, _ in columns}
+    columns = [(c, label) for c, label in columns if stats[c]]
+    if not columns:
+        return []
+    lines = ["| | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---:|" * len(columns),
+             "| best mean | " + " | ".join(f"**{max(stats[c], key=lambda m: stats[c][m][0])}**" for c, _ in columns) + " |"]
+    for method in dict.fromkeys(frame["method"]):
+        if method in BASELINES:
+            continue
+        for base in BASELINES:
+            if all(method in stats[c] and base in stats[c] for c, _ in columns):
+                lines.append(f"| {method} − {base} (points) | " +
+                             " | ".join(_versus(stats[c], method, base) for c, _ in columns) + " |")
+    return lines
+
+
+def write_report(settings: BenchSettings, cells: list[dict[str, Any]], dense: dict[str, Any],
+                 scan: dict[str, Any] | None, command: list[str]) -> list[Path]:
+    """Write the markdown report, the CSV and the plots; returns their paths."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = cells_frame(cells)
+    name = settings.title
+    csv = out / f"{name}.csv"
+    frame.to_csv(csv, index=False, float_format="%.6g")
+    plots = [plot_tradeoff(frame, dense, out / f"{name}-tradeoff.png", name),
+             plot_ratios(cells, out / f"{name}-ratios.png", name),
+             plot_curves(cells, out / f"{name}-curves.png", name)]
+    md = out / f"{name}.md"
+    md.write_text("\n".join(_markdown(settings, frame, dense, scan, command, csv, plots)) + "\n")
+    return [md, csv, *plots]
+
+
+def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any], scan: dict[str, Any] | None,
+              command: list[str], csv: Path, plots: list[Path]) -> list[str]:
+    env = settings.env
+    finetuned = settings.finetune_epochs > 0
+    lines = [f"# Pruning-policy search methods on {settings.title}", ""]
+    lines += machine_header(command)
+    lines += [
+        f"- network: {env['model']} with weights `{env['weights']}`, data {env['dataset']}; search space "
+        f"`{env['search_space']}` ({dense['units']} units), channel criterion {env['criterion']}",
+        f"- one Evaluator for every method: proxy accuracy on {dense['proxy_images']} images of the "
+        f"`{env['splits']['proxy']}` split after BatchNorm recalibration on {dense['calibration_images']} "
+        f"`{env['splits']['calibration']}` images; {FLOPS_LABEL}; the same budget projection",
+        f"- test accuracy: the `{env['splits']['report']}` split (disjoint from the proxy split), BN recalibrated the "
+        f"same way, no fine-tuning" + ("" if not settings.latency else
+                                       f"; latency: median of 30 forward passes, batch 1, {settings.threads} "
+                                       f"CPU thread(s), on {settings.device}"),
+        f"- {settings.evals} evaluations per cell (episodes for rl methods, a third of them warm-up up to 100); "
+        f"seeds {', '.join(map(str, range(settings.seeds)))}; {' and '.join(DETERMINISTIC)} are deterministic and run one seed; "
+        f"NetAdapt's first step is sized so that its iterations fit the evaluations",
+        ("- fine-tune, the same for every method: " + f"{settings.finetune_epochs} epoch(s) of SGD (lr 0.01, momentum "
+         f"0.9, cosine) on {settings.finetune_images or 'all'} `{env['splits']['calibration']}` images, from the "
+         "BN-recalibrated pruned network") if finetuned else "- no fine-tuning (--finetune-epochs 0)",
+        f"- dense network, scored exactly like a candidate: proxy {100 * dense['proxy_acc']:.2f}%, test "
+        f"{100 * dense['report_acc']:.2f}%, {dense['flops'] / 1e6:.2f}M FLOPs (MACs), {dense['params'] / 1e6:.3f}M "
+        f"params" + (f", {dense['latency_ms']:.2f} ms" if dense.get("latency_ms") is not None else ""),
+        f"- every cell: [{csv.name}]({csv.name}); mean ± std over seeds below",
+    ]
+    if scan is not None:
+        cost = f"{scan['seconds']:.0f} s" if scan.get("seconds") is not None else "read from an earlier cache"
+        lines.append(f"- the sensitivity method's scan ({scan['evaluations']} evaluations, ratios {scan['ratios']}, "
+                     f"{cost}) is made once and shared by its cells at every budget and seed; it is not counted in "
+                     f"their evaluations or search time")
+    for budget in dict.fromkeys(frame["budget"]):
+        part = frame[frame["budget"] == budget]
+        lines += ["", f"## {budget}", "",
+                  "| method | seeds | proxy acc (%) | test acc (%) | test acc after fine-tune (%) | FLOPs / dense | "
+                  "params (M) | latency (ms) | search (s) | evals | evals/min |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for method, g in part.groupby("method", sort=False):
+            lines.append(
+                f"| {method} | {len(g)} | {_ms(g.proxy_acc, 100)} | {_ms(g.report_acc, 100)} | "
+                f"{_ms(g.finetuned_acc, 100)} | {_ms(g.flops_fraction, 1, 4)} | {_ms(g.params, 1e-6, 3)} | "
+                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.evals_per_min, 1, 1)} |")
+        lines += ["", "✓: more than one standard deviation over seeds (the larger of the two methods'); ?: one seed, "
+                  "no standard deviation.", ""]
+        lines += comparison_table(part, [("proxy_acc", "proxy acc"), ("report_acc", "test acc"),
+                                         ("finetuned_acc", "test acc after fine-tune")])
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return lines
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title: str) -> Path:
+    """Test accuracy against FLOPs / dense per method, mean ± std over seeds (before and after fine-tuning)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("report_acc", "test accuracy, BN recalibrated (%)")]
+    if frame["finetuned_acc"].notna().any():
+        panels.append(("finetuned_acc", "test accuracy after fine-tuning (%)"))
+    methods = list(dict.fromkeys(frame["method"]))
+    colors = _colors(methods)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        for m in methods:
+            g = frame[frame["method"] == m].groupby("budget", sort=False)
+            x = g["flops_fraction"].mean()
+            y, err = 100 * g[column].mean(), (100 * g[column].std()).fillna(0.0)
+            order = np.argsort(x.to_numpy())
+            ax.errorbar(x.to_numpy()[order], y.to_numpy()[order], yerr=err.to_numpy()[order], label=m,
+                        color=colors[m], marker="o", capsize=3)
+        ax.axhline(100 * dense["report_acc"], color="black", linestyle=":", label="dense")
+        ax.set_xlabel("FLOPs (MACs) / dense")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{title}: accuracy against FLOPs (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ratios(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Per-unit pruning ratio of each method's best policy (mean over seeds), one panel per budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(dict.fromkeys(c["budget"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    colors = _colors(methods)
+    units = list(cells[0]["kept"]) if cells else []
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(7.0, 0.35 * len(units) + 3), 3.2 * len(budgets)),
+                             squeeze=False, sharex=True)
+    for ax, budget in zip(axes[:, 0], budgets):
+        for m in methods:
+            mine = [c for c in cells if c["budget"] == budget and c["method"] == m]
+            if not mine:
+                continue
+            ratios = np.array([[1.0 - c["kept"][u] / c["channels"][u] for u in units] for c in mine])
+            ax.plot(range(len(units)), ratios.mean(axis=0), marker=".", label=m, color=colors[m])
+        ax.set_ylabel("pruned ratio")
+        ax.set_ylim(-0.02, 1.0)
+        ax.set_title(f"{budget}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xticks(range(len(units)), units, rotation=90, fontsize=7)
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    fig.suptitle(f"{title}: per-unit ratios of each method's best policy (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Best proxy accuracy within the budget after each evaluation, mean over seeds, one panel per budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(dict.fromkeys(c["budget"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    colors = _colors(methods)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for m in methods:
+            curves = [c["curve"] for c in cells if c["budget"] == budget and c["method"] == m]
+            if not curves:
+                continue
+            length = max(len(c) for c in curves)
+            padded = np.array([[np.nan if v is None else v for v in c + c[-1:] * (length - len(c))] for c in curves],
+                              dtype=float)
+            ax.plot(range(1, length + 1), 100 * pd.DataFrame(padded).mean(axis=0), label=m,
+                    color=colors[m], marker="o" if length == 1 else None)
+        ax.set_xlabel("evaluation")
+        ax.set_ylabel("best proxy accuracy within budget (%)")
+        ax.set_title(budget, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{title}: best-so-far proxy accuracy (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,156 @@
+"""``autoprune bench``: the --quick matrix on the digits demo, its report, resuming, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autoprune.bench import (
+    DEFAULT_METHODS,
+    BenchSettings,
+    netadapt_step,
+    parse_budgets,
+    parse_method,
+)
+from autoprune.bench_report import COLUMNS, comparison_table
+from autoprune.budget import Budget
+from autoprune.cli import main
+from autoprune.cost import fvcore_flops
+from autoprune.errors import BudgetError, ConfigError
+from autoprune.experiment import Experiment
+from autoprune.presets import load_env
+
+BUDGETS = ("0.3flops", "0.5flops", "0.7flops")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``autoprune bench --quick``: every default method at three budgets on the digits demo."""
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def _cells(out: Path) -> list[Path]:
+    return sorted((out / "cells" / "digits-demo").rglob("*-e6-s0.json"))
+
+
+def test_quick_runs_every_method_at_every_budget(quick):
+    cells = [json.loads(p.read_text()) for p in _cells(quick)]
+    assert {(c["method"], c["budget"]) for c in cells} == {(m, b) for m in DEFAULT_METHODS for b in BUDGETS}
+    for c in cells:
+        limit = Budget.parse(c["budget"]).value * c["dense_flops"]
+        assert c["flops"] <= limit  # every method's best policy meets its budget
+        assert 0.0 <= c["proxy_acc"] <= 1.0 and 0.0 <= c["report_acc"] <= 1.0 and 0.0 <= c["finetuned_acc"] <= 1.0
+        assert c["latency_ms"] > 0 and c["seconds"] > 0
+        assert 1 <= c["evals"] <= 6 and len(c["curve"]) == c["evals"]
+        assert set(c["kept"]) == set(c["channels"]) and all(0 < c["kept"][u] <= c["channels"][u] for u in c["kept"])
+
+
+def test_cell_flops_are_fvcore_counts_of_the_rebuilt_network(quick):
+    cell = json.loads((quick / "cells" / "digits-demo" / "0.5flops" / "optuna-tpe-e6-s0.json").read_text())
+    exp = Experiment.from_config(load_env("digits-demo"))
+    network = exp.evaluator.pruner.prune(cell["kept"])
+    assert fvcore_flops(network, exp.example_inputs) == cell["flops"]
+    assert fvcore_flops(exp.model, exp.example_inputs) == cell["dense_flops"]
+
+
+def test_quick_report_structure(quick):
+    md = (quick / "digits-demo.md").read_text()
+    for line in ("- date:", "- machine:", "- python", "- command: `autoprune bench --quick", "- dense network, scored "
+                 "exactly like a candidate: proxy", "- fine-tune, the same for every method: 1 epoch(s)"):
+        assert line in md, line
+    for budget in BUDGETS:
+        section = md.split(f"## {budget}\n", 1)[1].split("\n## ", 1)[0]
+        rows = [r for r in section.splitlines() if r.startswith("| ") and " ± " in r]
+        assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(DEFAULT_METHODS)
+        assert "| best mean |" in section and "| ddpg − random (points) |" in section
+    frame = pd.read_csv(quick / "digits-demo.csv")
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == len(DEFAULT_METHODS) * len(BUDGETS)
+    assert (frame["flops_fraction"] <= frame["budget"].str.removesuffix("flops").astype(float)).all()
+    for plot in ("tradeoff", "ratios", "curves"):
+        path = quick / f"digits-demo-{plot}.png"
+        assert path.read_bytes()[:8] == PNG and f"]({path.name})" in md
+
+
+def test_rerun_resumes_without_redoing_cells(quick, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in _cells(quick)}
+    redo = quick / "cells" / "digits-demo" / "0.5flops" / "random-e6-s0.json"
+    redo.unlink()  # as if the run had stopped in that cell
+    capsys.readouterr()
+    assert main(["bench", "--quick", "--quiet", "--out", str(quick)]) == 0
+    assert "24 of 24 cells finished" in capsys.readouterr().out
+    assert redo.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != redo)
+
+
+def test_report_only_reads_finished_cells(quick, capsys):
+    assert main(["bench", "--quick", "--seeds", "2", "--quiet", "--out", str(quick), "--report-only"]) == 0
+    assert "24 of 42 cells finished" in capsys.readouterr().out  # seed 1 of the 6 stochastic methods is missing
+
+
+def test_other_settings_do_not_reuse_cells(quick, cli):
+    code, out, err = cli("bench", "--quick", "--finetune-epochs", "2", "--out", str(quick), "--quiet")
+    assert code == 2 and "other settings (finetune_epochs)" in err and len(err.splitlines()) == 1
+
+
+def test_cells_run_seed_by_seed_and_deterministic_methods_once():
+    settings = BenchSettings(env=load_env("digits-demo").to_dict(), budgets=("0.5flops",),
+                             methods=("uniform", "random", "netadapt", "ddpg"), seeds=3)
+    assert settings.cells() == [(0, "0.5flops", "uniform"), (0, "0.5flops", "random"), (0, "0.5flops", "netadapt"),
+                                (0, "0.5flops", "ddpg"), (1, "0.5flops", "random"), (1, "0.5flops", "ddpg"),
+                                (2, "0.5flops", "random"), (2, "0.5flops", "ddpg")]
+    search = settings.search_settings("0.5flops", "ddpg", 2)
+    assert (search.method, search.seed, search.method_options["warmup"]) == ("ddpg", 2, 100)
+    assert settings.search_settings("0.5flops", "optuna-cmaes", 0).sampler == "cmaes"
+
+
+def test_parse_budgets_and_methods():
+    assert parse_budgets("0.3, 0.5,0.7") == BUDGETS
+    assert parse_budgets("0.5flops,0.6params,2.5ms") == ("0.5flops", "0.6params", "2.5ms")
+    with pytest.raises(BudgetError):
+        parse_budgets("0.5,1.5")
+    assert parse_method("optuna-tpe") == ("optuna", "tpe") and parse_method("sac") == ("sac", None)
+    for bad in ("optuna", "optuna-foo", "a2c"):
+        with pytest.raises(ConfigError):
+            parse_method(bad)
+
+
+def test_netadapt_step_fits_the_evaluations():
+    assert netadapt_step(Budget.parse("0.5flops"), 27, 200) == pytest.approx(0.5 / 6)
+    assert netadapt_step(Budget.parse("0.7flops"), 9, 300) == 0.025  # never below the default step
+    assert netadapt_step(Budget.parse("0.3flops"), 50, 60) == 0.5
+
+
+def test_comparison_marks_gains_beyond_one_std():
+    frame = pd.DataFrame({
+        "method": ["uniform", "random", "random", "tpe", "tpe", "lucky"],
+        "proxy_acc": [0.40, 0.50, 0.54, 0.60, 0.62, 0.55],
+    })
+    rows = comparison_table(frame, [("proxy_acc", "proxy acc")])
+    assert rows[2] == "| best mean | **tpe** |"
+    assert "| tpe − uniform (points) | +21.00 ✓ |" in rows
+    assert "| tpe − random (points) | +9.00 ✓ |" in rows  # 9 points > the larger std (2.83)
+    assert "| lucky − random (points) | +3.00 ? |" in rows  # one seed: no std to judge by
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--methods", "random,a2c"], "unknown search method 'a2c'"),
+    (["--methods", "optuna"], "optuna-tpe"),
+    (["--methods", "optuna-foo"], "unknown Optuna sampler"),
+    (["--budgets", "0.5foo"], "cannot parse budget"),
+    (["--budgets", "0.0001flops"], "0.0001flops"),
+    (["--budgets", "0.6latency", "--methods", "ddpg"], "latency budget"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--evals", "0"], "--evals must be >= 1"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs"),
+    (["--env", "nope"], "nope"),
+    (["--report-only"], "no finished cells"),
+])
+def test_bad_input(fails, args, key):
+    assert key in fails("bench", "--quick", "--out", "bench", *args)
+
