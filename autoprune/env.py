@@ -36,7 +36,7 @@ from autoprune.experiment import Experiment
 from autoprune.policy import Policy
 from autoprune.presets import load_env
 from autoprune.projection import check_reachable
-from autoprune.space import SearchSpace, Unit
+from autoprune.space import SearchSpace
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 REWARDS = ("acc", "acc-flops", "acc-latency")
@@ -116,7 +116,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.limit = self.budget.limit(self.dense_cost)
         check_reachable(self.space, self.cost, self.limit, str(self.budget))
         self._evaluate = evaluate or self._evaluate_alone
-        self._options = [_kept_options(u) for u in self.units]
+        self._options = [u.kept_options for u in self.units]
         self._fewest = {u.name: opts[0][0] for u, opts in zip(self.units, self._options)}
         self._most = {u.name: opts[-1][0] for u, opts in zip(self.units, self._options)}
         self._dense = {u.name: u.channels for u in self.units}
@@ -223,16 +223,6 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         dynamic = [(self.dense_cost - cost_now) / self.dense_cost, (cost_now - later_zero) / self.dense_cost, previous]
         features = np.concatenate([self._static[t], np.clip(dynamic, 0.0, 1.0)])
         return features.astype(np.float32)
-
-
-def _kept_options(unit: Unit) -> list[tuple[int, float]]:
-    """Every kept-channel count the unit can reach within its bounds, ascending, with a ratio that gives it."""
-    step = min(unit.round_to, unit.channels)
-    options: dict[int, float] = {}
-    for count in [*range(unit.min_kept, unit.max_kept + 1, step), unit.max_kept]:
-        ratio = min(unit.max_ratio, max(unit.min_ratio, 1.0 - count / unit.channels))
-        options.setdefault(unit.kept(ratio), ratio)
-    return sorted(options.items())
 
 
 def _last_true(predicate: Callable[[int], bool], n: int) -> int:

@@ -128,7 +128,7 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
 def _prepare_run_dir(settings: SearchSettings, out: str | None) -> Path:
     if out is not None and (Path(out) / CONFIG_FILE).is_file():
         previous = yaml.safe_load((Path(out) / CONFIG_FILE).read_text()) or {}
-        if previous.get("settings") != settings.to_dict():
+        if _recorded_settings(previous.get("settings")) != settings.to_dict():
             raise ConfigError(f"run directory {out!r} holds a run with other settings; rerun it with the same "
                               f"options to resume it, or choose another --out")
         if settings.method != "optuna" and not issubclass(get_searcher(settings.method), RLSearcher):
@@ -139,6 +139,14 @@ def _prepare_run_dir(settings: SearchSettings, out: str | None) -> Path:
     run_dir = new_run_dir(out, settings.env["name"], settings.method)
     write_config(run_dir, {"command": "search", "settings": settings.to_dict()})
     return run_dir
+
+
+def _recorded_settings(saved: Any) -> dict[str, Any] | None:
+    """A run's recorded settings with defaults for fields added since it was made (None if unreadable)."""
+    try:
+        return SearchSettings(**saved).to_dict()
+    except TypeError:
+        return None
 
 
 def _attach_records(exp: Experiment, searcher: Searcher, storage: Any, study: Any, run_dir: Path,

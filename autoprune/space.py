@@ -166,9 +166,17 @@ class Unit:
     @property
     def allowed_kept(self) -> tuple[int, ...]:
         """Every kept count some ratio within the bounds gives, ascending."""
+        return tuple(count for count, _ in self.kept_options)
+
+    @property
+    def kept_options(self) -> tuple[tuple[int, float], ...]:
+        """Every kept count some ratio within the bounds gives, ascending, each with a ratio that gives it."""
         step = min(self.round_to, self.channels)
-        counts = [*range(self.min_kept, self.max_kept + 1, step), self.max_kept]
-        return tuple(sorted({self.kept(min(self.max_ratio, max(self.min_ratio, 1.0 - c / self.channels))) for c in counts}))
+        options: dict[int, float] = {}
+        for count in [*range(self.min_kept, self.max_kept + 1, step), self.max_kept]:
+            ratio = min(self.max_ratio, max(self.min_ratio, 1.0 - count / self.channels))
+            options.setdefault(self.kept(ratio), ratio)
+        return tuple(sorted(options.items()))
 
 
 @dataclass(frozen=True)
