@@ -24,6 +24,7 @@ from autoprune.experiment import DataOptions, Experiment
 from autoprune.policy import PolicyRecord
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
 from autoprune.prune import CRITERIA
+from autoprune.rebuild import check_fits, kept_channels
 from autoprune.search import SAMPLERS, SEARCHERS, get_searcher
 from autoprune.zoo.models import zoo_names
 
@@ -410,27 +411,15 @@ def _load_policy(args: argparse.Namespace) -> tuple[PolicyRecord, EnvConfig, Exp
     record = PolicyRecord.load(args.policy)
     config = _config(args, record)
     exp = _experiment(args, config, latency=False)
-    missing = [n for n in record.channels if n not in exp.space.names]
-    if missing:
-        raise PolicyError(f"policy units {missing[:3]} are not in {config.model}'s search space "
-                          f"{config.search_space!r}; this policy was made for another network or space")
-    for unit in exp.space.units:
-        dense = record.channels.get(unit.name, {}).get("dense", unit.channels)
-        if dense != unit.channels:
-            raise PolicyError(f"policy says unit {unit.name!r} has {dense} channels but this {config.model} has "
-                              f"{unit.channels}; the policy was made for another network")
+    check_fits(record, exp.space, config.model, config.search_space)
     return record, config, exp
-
-
-def _kept(record: PolicyRecord, exp: Experiment) -> dict[str, int]:
-    return {u.name: record.channels.get(u.name, {}).get("kept", u.channels) for u in exp.space.units}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``autoprune evaluate``: accuracy and cost of the dense or a policy's network."""
     if args.policy:
         record, config, exp = _load_policy(args)
-        network = exp.evaluator.pruner.prune(_kept(record, exp))
+        network = exp.evaluator.pruner.prune(kept_channels(record, exp.space))
     else:
         config = _config(args)
         exp = _experiment(args, config, latency=False)
@@ -467,7 +456,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'pruned.pt')!r}")
     record, config, exp = _load_policy(args)
-    network = exp.evaluator.pruner.prune(_kept(record, exp))
+    network = exp.evaluator.pruner.prune(kept_channels(record, exp.space))
     if args.state_dict:
         from autoprune.rebuild import load_state_dict_checked
 
@@ -551,7 +540,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``autoprune export``: a policy as Torch-Pruning ratios, an NNI config list or a CSV table."""
     from autoprune.export import FORMATS, export_policy
     from autoprune.presets import load_space
-    from autoprune.rebuild import check_fits, policy_file
+    from autoprune.rebuild import policy_file
     from autoprune.space import SearchSpace
     from autoprune.zoo.models import build_model
 
