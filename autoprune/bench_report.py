@@ -154,25 +154,41 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
     return lines
 
 
-def _colors(methods: list[str]) -> dict[str, Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title: str) -> Path:
-    """Test accuracy against FLOPs / dense per method, mean ± std over seeds (before and after fine-tuning)."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _groups(cells: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Budgets and methods in matrix order, and one colour per method (the same in every plot)."""
+    import matplotlib
+
+    budgets = list(dict.fromkeys(c["budget"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    cmap = matplotlib.colormaps["tab10"]
+    return budgets, methods, {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _save(fig: Any, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title: str) -> Path:
+    """Test accuracy against FLOPs / dense per method, mean ± std over seeds (before and after fine-tuning)."""
+    plt = _pyplot()
     panels = [("report_acc", "test accuracy, BN recalibrated (%)")]
     if frame["finetuned_acc"].notna().any():
         panels.append(("finetuned_acc", "test accuracy after fine-tuning (%)"))
-    methods = list(dict.fromkeys(frame["method"]))
-    colors = _colors(methods)
+    _, methods, colors = _groups(frame.to_dict("records"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (column, label) in zip(axes[0], panels):
         for m in methods:
@@ -187,23 +203,13 @@ def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title}: accuracy against FLOPs (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: accuracy against FLOPs (mean ± std over seeds)")
 
 
 def plot_ratios(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Per-unit pruning ratio of each method's best policy (mean over seeds), one panel per budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    budgets = list(dict.fromkeys(c["budget"] for c in cells))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    colors = _colors(methods)
+    plt = _pyplot()
+    budgets, methods, colors = _groups(cells)
     units = list(cells[0]["kept"]) if cells else []
     fig, axes = plt.subplots(len(budgets), 1, figsize=(max(7.0, 0.35 * len(units) + 3), 3.2 * len(budgets)),
                              squeeze=False, sharex=True)
@@ -220,23 +226,13 @@ def plot_ratios(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xticks(range(len(units)), units, rotation=90, fontsize=7)
     axes[0, 0].legend(fontsize=7, ncol=4)
-    fig.suptitle(f"{title}: per-unit ratios of each method's best policy (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: per-unit ratios of each method's best policy (mean over seeds)")
 
 
 def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Best proxy accuracy within the budget after each evaluation, mean over seeds, one panel per budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    budgets = list(dict.fromkeys(c["budget"] for c in cells))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    colors = _colors(methods)
+    plt = _pyplot()
+    budgets, methods, colors = _groups(cells)
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
         for m in methods:
@@ -253,9 +249,5 @@ def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.set_title(budget, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title}: best-so-far proxy accuracy (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: best-so-far proxy accuracy (mean over seeds)")
 

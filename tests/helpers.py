@@ -1,6 +1,11 @@
-"""Test helpers: networks by name with example inputs, and an independent multiply-add counter."""
+"""Test helpers: networks by name with example inputs, an independent multiply-add counter, edited policy files."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,3 +68,18 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     for h in handles:
         h.remove()
     return total
+
+
+def rename_first_unit(doc: dict[str, Any]) -> None:
+    """Edit a policy document so that its first unit names no layer of the network."""
+    first = next(iter(doc["channels"]))
+    for key in ("channels", "ratios"):
+        doc[key] = {("no_such_unit" if name == first else name): v for name, v in doc[key].items()}
+
+
+def edited_policy(policy: Path | dict[str, Any], path: Path, edit: Callable[[dict[str, Any]], None]) -> str:
+    """Write ``edit`` applied to a copy of a policy (a file or its document) to ``path``; returns the path."""
+    doc = json.loads(policy.read_text() if isinstance(policy, Path) else json.dumps(policy))
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return str(path)

@@ -4,7 +4,6 @@ traceback, and nothing written: the working directory (tmp_path, which holds ``r
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import subprocess
@@ -19,6 +18,7 @@ import torch
 
 from autoprune.zoo.models import build_model
 from tests.conftest import CIFAR_CHECKPOINTS, needs_weights
+from tests.helpers import edited_policy, rename_first_unit
 
 BUDGET = ("--budget", "0.5flops")
 
@@ -168,12 +168,6 @@ def policy_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return json.loads((run / "policy.json").read_text())
 
 
-def _rename_first_unit(doc: dict[str, Any]) -> None:
-    first = next(iter(doc["channels"]))
-    for key in ("channels", "ratios"):
-        doc[key] = {("no_such_unit" if name == first else name): v for name, v in doc[key].items()}
-
-
 def _set_kept(kept: Any) -> Callable[[dict[str, Any]], None]:
     def edit(doc: dict[str, Any]) -> None:
         next(iter(doc["channels"].values()))["kept"] = kept
@@ -181,16 +175,9 @@ def _set_kept(kept: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def _edited_policy(doc: dict[str, Any], path: Path, edit: Callable[[dict[str, Any]], None]) -> str:
-    doc = copy.deepcopy(doc)
-    edit(doc)
-    path.write_text(json.dumps(doc))
-    return str(path)
-
-
 POLICY_CASES = [
     pytest.param(lambda d: d.update(model="resnet20"), "resnet20", id="other-model"),
-    pytest.param(_rename_first_unit, "no_such_unit", id="unknown-unit"),
+    pytest.param(rename_first_unit, "no_such_unit", id="unknown-unit"),
 ]
 
 MALFORMED_POLICIES = [
@@ -209,7 +196,7 @@ def test_rejects_policy_for_another_network(
     fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any], command: str,
     edit: Callable[[dict[str, Any]], None], key: str,
 ) -> None:
-    policy = _edited_policy(policy_doc, tmp_path / "policy.json", edit)
+    policy = edited_policy(policy_doc, tmp_path / "policy.json", edit)
     argv = ["evaluate", "--policy", policy] if command == "evaluate" else ["apply", policy, "--out", "pruned.pt"]
     assert key in fails(*argv)
 
@@ -218,7 +205,7 @@ def test_rejects_policy_for_another_network(
 def test_evaluate_rejects_malformed_policy(
     fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any], edit: Callable[[dict[str, Any]], None]
 ) -> None:
-    assert "policy.json" in fails("evaluate", "--policy", _edited_policy(policy_doc, tmp_path / "policy.json", edit))
+    assert "policy.json" in fails("evaluate", "--policy", edited_policy(policy_doc, tmp_path / "policy.json", edit))
 
 
 @pytest.mark.parametrize(
@@ -236,14 +223,14 @@ def test_evaluate_rejects_policy_file(fails: Callable[..., str], tmp_path: Path,
 def test_apply_rejects_missing_out_folder(
     fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any]
 ) -> None:
-    policy = _edited_policy(policy_doc, tmp_path / "policy.json", lambda d: None)
+    policy = edited_policy(policy_doc, tmp_path / "policy.json", lambda d: None)
     assert "'no-such-dir'" in fails("apply", policy, "--out", "no-such-dir/pruned.pt")
 
 
 def test_apply_rejects_out_that_is_a_folder(
     fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any]
 ) -> None:
-    policy = _edited_policy(policy_doc, tmp_path / "policy.json", lambda d: None)
+    policy = edited_policy(policy_doc, tmp_path / "policy.json", lambda d: None)
     (tmp_path / "models").mkdir()
     assert "models" in fails("apply", policy, "--out", "models")
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from autoprune.presets import load_space
 from autoprune.prune import Pruner, importance_of
 from autoprune.space import SearchSpace
 from tests.conftest import WEIGHTS_DIR, needs_weights
-from tests.helpers import count_macs, network
+from tests.helpers import count_macs, edited_policy, network, rename_first_unit
 
 # documented keys (NNI 3.x "Compression Config Specification"; NNI 2.x legacy pruning keys)
 NNI3_KEYS = {"op_names", "op_types", "op_names_re", "exclude_op_names", "exclude_op_types", "exclude_op_names_re",
@@ -203,19 +202,6 @@ def test_export_cli_writes_each_format(cli, tmp_path, digits_policy, fmt):
 
 
 
-def _edited(policy: Path, path: Path, edit: Callable[[dict[str, Any]], None]) -> str:
-    doc = json.loads(policy.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
-    return str(path)
-
-
-def _rename_first_unit(doc: dict[str, Any]) -> None:
-    first = next(iter(doc["channels"]))
-    for key in ("channels", "ratios"):
-        doc[key] = {("no_such_unit" if name == first else name): v for name, v in doc[key].items()}
-
-
 def _wrong_dense(doc: dict[str, Any]) -> None:
     next(iter(doc["channels"].values()))["dense"] = 999
 
@@ -225,13 +211,13 @@ def _wrong_dense(doc: dict[str, Any]) -> None:
     [
         pytest.param(None, ["--format", "onnx"], "unknown export format 'onnx'", id="unknown-format"),
         pytest.param(lambda d: d.update(model="resnet20"), ["--format", "nni"], "resnet20", id="other-model"),
-        pytest.param(_rename_first_unit, ["--format", "csv"], "no_such_unit", id="unit-missing-from-model"),
+        pytest.param(rename_first_unit, ["--format", "csv"], "no_such_unit", id="unit-missing-from-model"),
         pytest.param(_wrong_dense, ["--format", "torch-pruning"], "999", id="other-channel-count"),
         pytest.param(None, ["--format", "nni", "--out", "no-dir/x.json"], "no-dir", id="out-folder-missing"),
     ],
 )
 def test_export_rejects(fails, tmp_path, digits_policy, edit, args, key):
-    policy = _edited(digits_policy, tmp_path / "policy.json", edit) if edit else str(digits_policy)
+    policy = edited_policy(digits_policy, tmp_path / "policy.json", edit) if edit else str(digits_policy)
     assert key in fails("export", policy, *args)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -25,6 +23,7 @@ from autoprune.proxy import recalibrate_batchnorm
 from autoprune.rebuild import kept_channels
 from autoprune.reconstruct import Reconstructor
 from tests.conftest import needs_cifar
+from tests.helpers import edited_policy, rename_first_unit
 
 OUTPUTS = {"checkpoint.pt", "policy.json", "pruned.pt", "pruned.pt2", "state_dict.pt", "report.json", "report.md"}
 
@@ -192,19 +191,6 @@ def test_augmentation_is_seeded_and_fits_the_dataset():
     assert torch.equal(inner, x[0, 0, top:top + rows, left:left + cols])  # a crop of the padded image
 
 
-def _edit(policy: Path, path: Path, edit: Callable[[dict[str, Any]], None]) -> str:
-    doc = json.loads(policy.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
-    return str(path)
-
-
-def _rename_first_unit(doc: dict[str, Any]) -> None:
-    first = next(iter(doc["channels"]))
-    for key in ("channels", "ratios"):
-        doc[key] = {("no_such_unit" if name == first else name): v for name, v in doc[key].items()}
-
-
 @pytest.mark.parametrize(
     "args, key",
     [
@@ -235,10 +221,10 @@ def test_finetune_onnx_without_packages(fails, policy, monkeypatch):
 @pytest.mark.parametrize(
     "edit, key",
     [pytest.param(lambda d: d.update(model="resnet20"), "resnet20", id="other-model"),
-     pytest.param(_rename_first_unit, "no_such_unit", id="unknown-unit")],
+     pytest.param(rename_first_unit, "no_such_unit", id="unknown-unit")],
 )
 def test_finetune_rejects_policy_for_another_network(fails, tmp_path, policy, edit, key):
-    assert key in fails("finetune", _edit(policy, tmp_path / "policy.json", edit), "--out", "out")
+    assert key in fails("finetune", edited_policy(policy, tmp_path / "policy.json", edit), "--out", "out")
 
 
 def test_finetune_rejects_missing_policy(fails):

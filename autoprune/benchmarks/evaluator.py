@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 from autoprune.budget import Budget
 from autoprune.cost import FLOPS_LABEL
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
 from autoprune.search import get_searcher
-from autoprune.benchmarks.machine import machine_header
+from autoprune.benchmarks.machine import machine_header, write_markdown
 
 
 def _mean_std(values: list[float]) -> str:
@@ -81,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(BN recalibrated, no fine-tuning; the uniform policy is deterministic, so one run).",
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"evaluator-{args.env}.md"
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {path}")
+    write_markdown(args.out, f"evaluator-{args.env}.md", lines)
     return 0
 
 

@@ -22,12 +22,11 @@ import copy
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from autoprune.benchmarks.machine import machine_header
+from autoprune.benchmarks.machine import machine_header, write_markdown
 from autoprune.errors import AutopruneError, BudgetError
 from autoprune.evaluate import LatencySettings
 from autoprune.cost import resolve_device
@@ -126,11 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(abs(e) for e in errors)
         lines += [f"Largest absolute error over all policies: **{100 * worst:.1f}%**; mean "
                   f"{100 * float(np.mean(np.abs(errors))):.1f}%.", ""]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"latency-table-{args.env}{f'-batch{args.batch_size}' if args.batch_size > 1 else ''}.md"
-    path.write_text("\n".join(lines))
-    print(f"wrote {path}")
+    write_markdown(args.out, f"latency-table-{args.env}{f'-batch{args.batch_size}' if args.batch_size > 1 else ''}.md",
+                   lines, echo=False)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The header every benchmark report starts with: machine, library versions and the exact command."""
+"""The header every benchmark report starts with (machine, library versions, the exact command), and writing it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -30,3 +31,15 @@ def machine_header(command: list[str]) -> list[str]:
         f"- python {sys.version.split()[0]}; {', '.join(versions)}",
         f"- command: `{shlex.join(command)}`",
     ]
+
+
+def write_markdown(folder: str | Path, name: str, lines: list[str], echo: bool = True) -> Path:
+    """Write a report's lines to ``folder/name`` (creating the folder); print them and the path when ``echo``."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
+    print(f"wrote {path}")
+    return path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from autoprune.benchmarks.machine import machine_header
+from autoprune.benchmarks.machine import machine_header, write_markdown
 from autoprune.budget import Budget
 from autoprune.cost import FLOPS_LABEL
 from autoprune.evaluate import Candidate, Evaluator
@@ -117,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * rec_proxy:.2f}% with reconstruction",
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"recovery-{config.model}-{config.dataset}.md"
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {path}")
+    write_markdown(args.out, f"recovery-{config.model}-{config.dataset}.md", lines)
     return 0
 
 
