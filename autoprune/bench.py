@@ -28,6 +28,7 @@ from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
 from autoprune.finetune import Finetuner, FinetuneSettings
 from autoprune.search import RL_SEARCHERS, SAMPLERS, get_searcher
+from autoprune.search.sensitivity import PRIORS
 from autoprune.search_run import SearchSettings, search_in_process
 from autoprune.sensitivity import DEFAULT_RATIOS, parse_ratios, scan
 
@@ -37,21 +38,27 @@ RL_WARMUP = 100  # AMC's warm-up episodes, or a third of a shorter run
 CELL_FORMAT = 1
 
 
-def parse_method(spec: str) -> tuple[str, str | None]:
-    """``optuna-tpe`` -> (``optuna``, ``tpe``); any other method name -> (name, None).
+def parse_method(spec: str) -> tuple[str, str | None, str | None]:
+    """A method spec -> (method, Optuna sampler, prior): ``optuna-tpe`` -> (``optuna``, ``tpe``, None),
+    ``ddpg+sensitivity`` -> (``ddpg``, None, ``sensitivity``): the searcher with ``--prior sensitivity``.
 
     Raises:
-        ConfigError: for an unknown method or sampler.
+        ConfigError: for an unknown method, sampler or prior, or a prior on a method that takes none.
     """
-    if spec.startswith("optuna-"):
-        sampler = spec.removeprefix("optuna-")
+    base, _, prior = spec.partition("+")
+    if prior and prior not in PRIORS:
+        raise ConfigError(f"unknown prior in {spec!r}; write <method>+<prior> with one of {', '.join(PRIORS)}")
+    if base.startswith("optuna-"):
+        sampler = base.removeprefix("optuna-")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown Optuna sampler in {spec!r}; write optuna-<sampler> with one of {', '.join(SAMPLERS)}")
-        return "optuna", sampler
-    if spec == "optuna":
+        return "optuna", sampler, prior or None
+    if base == "optuna":
         raise ConfigError("name the Optuna sampler in the benchmark: optuna-tpe, optuna-cmaes, ...")
-    get_searcher(spec)
-    return spec, None
+    get_searcher(base)
+    if prior and base not in {cls.name for cls in RL_SEARCHERS}:
+        raise ConfigError(f"{spec!r}: a prior applies to optuna-<sampler> and the rl methods, not {base}")
+    return base, None, prior or None
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class BenchSettings:
             raise ConfigError("--methods names no method")
         rl = {cls.name for cls in RL_SEARCHERS}
         for spec in self.methods:
-            method, _ = parse_method(spec)
+            method = parse_method(spec)[0]
             for text in self.budgets:
                 if method in rl and Budget.parse(text).metric == "latency":
                     raise ConfigError(f"{spec} cannot search the latency budget {text} (its clipping needs exact "
@@ -141,8 +148,8 @@ class BenchSettings:
     def search_settings(self, budget: str, spec: str, seed: int) -> SearchSettings:
         """The search of one cell; rl warm-ups are sized to ``evals`` (NetAdapt's step needs the space: see
         :func:`netadapt_step`)."""
-        method, sampler = parse_method(spec)
-        options: dict[str, Any] = {}
+        method, sampler, prior = parse_method(spec)
+        options: dict[str, Any] = {} if prior is None else {"prior": prior}
         if method in {cls.name for cls in RL_SEARCHERS}:
             options["warmup"] = min(RL_WARMUP, self.evals // 3)
         return SearchSettings(env=self.env, budget=str(Budget.parse(budget)), method=method, evals=self.evals,
@@ -231,8 +238,8 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     exp = search.experiment()
     if search.method == "netadapt":
         search.method_options["step"] = netadapt_step(Budget.parse(budget), len(exp.space), settings.evals)
-    if search.method == "sensitivity":
-        record_scan(settings, exp)
+    if search.method == "sensitivity" or "prior" in search.method_options:
+        record_scan(settings, exp)  # made once, before the first cell that needs it, so its cost is known
     searcher = search.searcher(exp)
     start = time.perf_counter()
     search_in_process(searcher, exp, progress, leave=False)

@@ -131,8 +131,8 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
     ]
     if scan is not None:
         cost = f"{scan['seconds']:.0f} s" if scan.get("seconds") is not None else "read from an earlier cache"
-        lines.append(f"- the sensitivity method's scan ({scan['evaluations']} evaluations, ratios {scan['ratios']}, "
-                     f"{cost}) is made once and shared by its cells at every budget and seed; it is not counted in "
+        lines.append(f"- the sensitivity scan behind `sensitivity` and the `+sensitivity` priors ({scan['evaluations']} evaluations, ratios {scan['ratios']}, "
+                     f"{cost}) is made once and shared by those cells at every budget and seed; it is not counted in "
                      f"their evaluations or search time")
     for budget in dict.fromkeys(frame["budget"]):
         part = frame[frame["budget"] == budget]

@@ -107,6 +107,8 @@ def test_cells_run_seed_by_seed_and_deterministic_methods_once():
     search = settings.search_settings("0.5flops", "ddpg", 2)
     assert (search.method, search.seed, search.method_options["warmup"]) == ("ddpg", 2, 100)
     assert settings.search_settings("0.5flops", "optuna-cmaes", 0).sampler == "cmaes"
+    assert settings.search_settings("0.5flops", "sac+sensitivity", 0).method_options == {"prior": "sensitivity",
+                                                                                         "warmup": 100}
 
 
 def test_parse_budgets_and_methods():
@@ -114,8 +116,10 @@ def test_parse_budgets_and_methods():
     assert parse_budgets("0.5flops,0.6params,2.5ms") == ("0.5flops", "0.6params", "2.5ms")
     with pytest.raises(BudgetError):
         parse_budgets("0.5,1.5")
-    assert parse_method("optuna-tpe") == ("optuna", "tpe") and parse_method("sac") == ("sac", None)
-    for bad in ("optuna", "optuna-foo", "a2c"):
+    assert parse_method("optuna-tpe") == ("optuna", "tpe", None) and parse_method("sac") == ("sac", None, None)
+    assert parse_method("ddpg+sensitivity") == ("ddpg", None, "sensitivity")
+    assert parse_method("optuna-cmaes+sensitivity") == ("optuna", "cmaes", "sensitivity")
+    for bad in ("optuna", "optuna-foo", "a2c", "ddpg+foo", "random+sensitivity"):
         with pytest.raises(ConfigError):
             parse_method(bad)
 
