@@ -120,6 +120,8 @@ class BenchSettings:
             raise ConfigError(f"--finetune-images must be >= 2, got {self.finetune_images}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if not self.title or Path(self.title).name != self.title or self.title.startswith("."):
+            raise ConfigError(f"--name {self.title!r} must be a plain file name (no folders)")
 
     @property
     def title(self) -> str:

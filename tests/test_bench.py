@@ -154,6 +154,7 @@ def test_comparison_marks_gains_beyond_one_std():
     (["--finetune-epochs", "-1"], "--finetune-epochs"),
     (["--env", "nope"], "nope"),
     (["--report-only"], "no finished cells"),
+    (["--name", "../elsewhere"], "plain file name"),
 ])
 def test_bad_input(fails, args, key):
     assert key in fails("bench", "--quick", "--out", "bench", *args)
