@@ -19,8 +19,8 @@ from autoprune.benchmarks.machine import machine_header
 from autoprune.cost import FLOPS_LABEL
 
 BASELINES = ("uniform", "random")
-COLUMNS = ("method", "budget", "seed", "evals", "seconds", "evals_per_min", "proxy_acc", "report_acc", "finetuned_acc",
-           "flops_fraction", "flops", "params", "latency_ms")
+COLUMNS = ("method", "budget", "seed", "evals", "distinct", "seconds", "evals_per_min", "proxy_acc", "report_acc",
+           "finetuned_acc", "flops_fraction", "flops", "params", "latency_ms")
 
 
 def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
@@ -29,6 +29,7 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
     for c in cells:
         rows.append({
             "method": c["method"], "budget": c["budget"], "seed": c["seed"], "evals": c["evals"],
+            "distinct": c.get("distinct"),
             "seconds": c["seconds"], "evals_per_min": 60.0 * c["evals"] / c["seconds"],
             "proxy_acc": c["proxy_acc"], "report_acc": c["report_acc"], "finetuned_acc": c.get("finetuned_acc"),
             "flops_fraction": c["flops"] / c["dense_flops"], "flops": c["flops"], "params": c["params"],
@@ -127,7 +128,8 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
         f"- dense network, scored exactly like a candidate: proxy {100 * dense['proxy_acc']:.2f}%, test "
         f"{100 * dense['report_acc']:.2f}%, {dense['flops'] / 1e6:.2f}M FLOPs (MACs), {dense['params'] / 1e6:.3f}M "
         f"params" + (f", {dense['latency_ms']:.2f} ms" if dense.get("latency_ms") is not None else ""),
-        f"- every cell: [{csv.name}]({csv.name}); mean ± std over seeds below",
+        f"- every cell: [{csv.name}]({csv.name}); mean ± std over seeds below; distinct policies: evaluations "
+        f"that were not a repeat of an earlier policy of the same cell (repeats are served by the Evaluator's cache)",
     ]
     if scan is not None:
         cost = f"{scan['seconds']:.0f} s" if scan.get("seconds") is not None else "read from an earlier cache"
@@ -138,13 +140,14 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
         part = frame[frame["budget"] == budget]
         lines += ["", f"## {budget}", "",
                   "| method | seeds | proxy acc (%) | test acc (%) | test acc after fine-tune (%) | FLOPs / dense | "
-                  "params (M) | latency (ms) | search (s) | evals | evals/min |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "params (M) | latency (ms) | search (s) | evals | distinct policies | evals/min |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, g in part.groupby("method", sort=False):
             lines.append(
                 f"| {method} | {len(g)} | {_ms(g.proxy_acc, 100)} | {_ms(g.report_acc, 100)} | "
                 f"{_ms(g.finetuned_acc, 100)} | {_ms(g.flops_fraction, 1, 4)} | {_ms(g.params, 1e-6, 3)} | "
-                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.evals_per_min, 1, 1)} |")
+                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.distinct, 1, 0)} | "
+                f"{_ms(g.evals_per_min, 1, 1)} |")
         lines += ["", "✓: more than one standard deviation over seeds (the larger of the two methods'); ?: one seed, "
                   "no standard deviation.", ""]
         lines += comparison_table(part, [("proxy_acc", "proxy acc"), ("report_acc", "test acc"),

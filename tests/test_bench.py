@@ -47,7 +47,7 @@ def test_quick_runs_every_method_at_every_budget(quick):
         assert c["flops"] <= limit  # every method's best policy meets its budget
         assert 0.0 <= c["proxy_acc"] <= 1.0 and 0.0 <= c["report_acc"] <= 1.0 and 0.0 <= c["finetuned_acc"] <= 1.0
         assert c["latency_ms"] > 0 and c["seconds"] > 0
-        assert 1 <= c["evals"] <= 6 and len(c["curve"]) == c["evals"]
+        assert 1 <= c["distinct"] <= c["evals"] <= 6 and len(c["curve"]) == c["evals"]
         assert set(c["kept"]) == set(c["channels"]) and all(0 < c["kept"][u] <= c["channels"][u] for u in c["kept"])
 
 
@@ -94,7 +94,7 @@ def test_report_only_reads_finished_cells(quick, capsys):
 
 
 def test_other_settings_do_not_reuse_cells(quick, cli):
-    code, out, err = cli("bench", "--quick", "--finetune-epochs", "2", "--out", str(quick), "--quiet")
+    code, _, err = cli("bench", "--quick", "--finetune-epochs", "2", "--out", str(quick), "--quiet")
     assert code == 2 and "other settings (finetune_epochs)" in err and len(err.splitlines()) == 1
 
 
