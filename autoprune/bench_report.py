@@ -178,7 +178,7 @@ def _groups(cells: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str
 
 def _save(fig: Any, path: Path, title: str) -> Path:
     plt = _pyplot()
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -236,7 +236,7 @@ def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Best proxy accuracy within the budget after each evaluation, mean over seeds, one panel per budget."""
     plt = _pyplot()
     budgets, methods, colors = _groups(cells)
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(max(7.0, 5.5 * len(budgets)), 4.2), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
         for m in methods:
             curves = [c["curve"] for c in cells if c["budget"] == budget and c["method"] == m]

@@ -340,7 +340,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
     scan_path = settings.cell_dir / "sensitivity-scan.json"
     scan = json.loads(scan_path.read_text()) if scan_path.is_file() else None
-    files = write_report(settings, cells, dense_baseline(settings, exp), scan, ["autoprune", *args.argv])
+    command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
+    files = write_report(settings, cells, dense_baseline(settings, exp), scan, command)
     print(f"{len(cells)} of {len(settings.cells())} cells finished; wrote {', '.join(str(f) for f in files)}")
     return 0
 
