@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,9 +207,12 @@ def check_cells(settings: BenchSettings, exp: Experiment) -> None:
             settings.search_settings(budget, spec, 0).searcher(exp)
 
 
-def run_bench(settings: BenchSettings, progress: bool = True,
-              on_cell: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell (saving each as it finishes); returns every cell of the matrix that exists."""
+def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every missing cell (saving each as it finishes); returns every cell of the matrix that exists.
+
+    Several processes may run the same benchmark at once: each claims a cell before running it, and
+    skips cells another live process holds or has finished.
+    """
     settings.check()
     check_identity(settings)
     from tqdm import tqdm
@@ -217,15 +223,63 @@ def run_bench(settings: BenchSettings, progress: bool = True,
     with tqdm(total=len(settings.cells()), initial=len(settings.cells()) - len(todo), desc="bench", unit="cell",
               disable=not progress, position=0) as bar:
         for seed, budget, spec in todo:
-            bar.set_description(f"bench {spec} {budget} seed {seed}")
-            cell = run_cell(settings, budget, spec, seed, progress)
-            _write_json(settings.cell_path(budget, spec, seed), cell)
+            path = settings.cell_path(budget, spec, seed)
+            with claim(path) as mine:
+                if not mine or path.is_file():  # another process runs it, or has just finished it
+                    continue
+                bar.set_description(f"bench {spec} {budget} seed {seed}")
+                cell = run_cell(settings, budget, spec, seed, progress)
+                _write_json(path, cell)
             best[budget] = max(best.get(budget, 0.0), cell["report_acc"])
             bar.set_postfix_str(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
             bar.update(1)
-            if on_cell is not None:
-                on_cell(cell)
     return finished_cells(settings)
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Claim the cell at ``path`` for this process with a ``.lock`` file holding host and pid.
+
+    Yields False while another live process holds it. A lock left by a process of this host that is no
+    longer running (killed mid-cell) is taken over; one from another host is trusted.
+    """
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder_alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        host, pid = lock.read_text().split()
+    except ValueError:  # being written by its holder, or left half-written long ago
+        return time.time() - lock.stat().st_mtime < 60
+    except OSError:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def finished_cells(settings: BenchSettings) -> list[dict[str, Any]]:

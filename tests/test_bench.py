@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from autoprune.bench import (
-    DEFAULT_METHODS,
-    BenchSettings,
-    netadapt_step,
-    parse_budgets,
-    parse_method,
-)
+from autoprune.bench import DEFAULT_METHODS, BenchSettings, netadapt_step, parse_budgets, parse_method, run_bench
 from autoprune.bench_report import COLUMNS, comparison_table
 from autoprune.budget import Budget
 from autoprune.cli import main
@@ -159,3 +157,19 @@ def test_comparison_marks_gains_beyond_one_std():
 def test_bad_input(fails, args, key):
     assert key in fails("bench", "--quick", "--out", "bench", *args)
 
+
+
+def test_workers_share_a_matrix_through_cell_claims(tmp_path):
+    """A cell claimed by a live process is left to it; a claim left by a dead process is taken over."""
+    settings = BenchSettings(env=load_env("digits-demo").to_dict(), budgets=("0.5flops",),
+                             methods=("uniform", "random", "optuna-tpe"), seeds=1, evals=2, latency=False,
+                             out=str(tmp_path))
+    held, stale = settings.cell_path("0.5flops", "random", 0), settings.cell_path("0.5flops", "optuna-tpe", 0)
+    held.parent.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held.with_name(held.name + ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # alive: pytest's parent
+    stale.with_name(stale.name + ".lock").write_text(f"{socket.gethostname()} {int(gone.stdout)}\n")  # exited
+    cells = run_bench(settings, progress=False)
+    assert [c["method"] for c in cells] == ["uniform", "optuna-tpe"]
+    assert not held.is_file() and held.with_name(held.name + ".lock").is_file()
+    assert not stale.with_name(stale.name + ".lock").exists()  # released after the cell
