@@ -129,7 +129,8 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
         f"{100 * dense['report_acc']:.2f}%, {dense['flops'] / 1e6:.2f}M FLOPs (MACs), {dense['params'] / 1e6:.3f}M "
         f"params" + (f", {dense['latency_ms']:.2f} ms" if dense.get("latency_ms") is not None else ""),
         f"- every cell: [{csv.name}]({csv.name}); mean ± std over seeds below; distinct policies: evaluations "
-        f"that were not a repeat of an earlier policy of the same cell (repeats are served by the Evaluator's cache)",
+        f"that were not a repeat of an earlier policy of the same cell (repeats are served by the Evaluator's cache; "
+        f"— where a cell of the row was made before autoprune counted them)",
     ]
     if scan is not None:
         cost = f"{scan['seconds']:.0f} s" if scan.get("seconds") is not None else "read from an earlier cache"
@@ -146,7 +147,7 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
             lines.append(
                 f"| {method} | {len(g)} | {_ms(g.proxy_acc, 100)} | {_ms(g.report_acc, 100)} | "
                 f"{_ms(g.finetuned_acc, 100)} | {_ms(g.flops_fraction, 1, 4)} | {_ms(g.params, 1e-6, 3)} | "
-                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.distinct, 1, 0)} | "
+                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.distinct, 1, 0) if g.distinct.notna().all() else '—'} | "
                 f"{_ms(g.evals_per_min, 1, 1)} |")
         lines += ["", "✓: more than one standard deviation over seeds (the larger of the two methods'); ?: one seed, "
                   "no standard deviation.", ""]
