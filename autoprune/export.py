@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -96,12 +97,8 @@ def nni_config_list(record: PolicyRecord, space: SearchSpace, model: nn.Module) 
     A unit whose group couples several layers (a residual stream) lists them all with one
     ``dependency_group_id``, so that NNI removes the same channels from each.
     """
-    modules = dict(model.named_modules())
     configs = []
-    for unit in space.units:
-        if unit.name not in record.channels:
-            continue
-        ops = _producers(unit, modules)
+    for unit, ops, _ in _policy_units(record, space, model):
         config: dict[str, Any] = {"op_names": ops, "sparse_ratio": _plain_ratio(record, unit.name),
                                   "granularity": "out_channel"}
         if len(ops) > 1:
@@ -112,15 +109,18 @@ def nni_config_list(record: PolicyRecord, space: SearchSpace, model: nn.Module) 
 
 def nni2_config_list(record: PolicyRecord, space: SearchSpace, model: nn.Module) -> list[dict[str, Any]]:
     """NNI 2.x ``config_list`` (filter pruners): one entry per unit with ``sparsity_per_layer``."""
+    return [{"op_names": ops, "sparsity_per_layer": _plain_ratio(record, unit.name),
+             "op_types": sorted({type(modules[n]).__name__ for n in ops})}
+            for unit, ops, modules in _policy_units(record, space, model)]
+
+
+def _policy_units(record: PolicyRecord, space: SearchSpace, model: nn.Module
+                  ) -> Iterator[tuple[Unit, list[str], dict[str, nn.Module]]]:
+    """The units the policy prunes, each with its output-pruned layers' names and the model's modules."""
     modules = dict(model.named_modules())
-    configs = []
     for unit in space.units:
-        if unit.name not in record.channels:
-            continue
-        ops = _producers(unit, modules)
-        configs.append({"op_names": ops, "sparsity_per_layer": _plain_ratio(record, unit.name),
-                        "op_types": sorted({type(modules[n]).__name__ for n in ops})})
-    return configs
+        if unit.name in record.channels:
+            yield unit, _producers(unit, modules), modules
 
 
 def flops_shares(model: nn.Module, space: SearchSpace, example_inputs: torch.Tensor) -> dict[str, float]:
