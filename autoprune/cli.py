@@ -24,7 +24,7 @@ from autoprune.experiment import DataOptions, Experiment
 from autoprune.policy import PolicyRecord
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
 from autoprune.prune import CRITERIA
-from autoprune.rebuild import check_fits, kept_channels
+from autoprune.rebuild import check_fits, kept_channels, policy_file
 from autoprune.search import SAMPLERS, SEARCHERS, get_searcher
 from autoprune.zoo.models import zoo_names
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test accuracy, FLOPs, params and latency of a (pruned) network")
     _add_common(e)
-    e.add_argument("--policy", help="policy.json to apply first (default: the dense network)")
+    e.add_argument("--policy", help="policy.json, or a run directory holding one, to apply first (default: the dense network)")
     e.add_argument("--split", help="split to report on (default: the preset's report split; 'test' = all test images)")
     e.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="recalibrate BatchNorm first (default: only for a pruned network)")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     a = sub.add_parser("apply", help="rebuild the pruned network of a policy and save it with torch.save")
-    a.add_argument("policy", help="policy.json of a search run")
+    a.add_argument("policy", help="policy.json, or a run directory holding one")
     _add_common(a)
     a.add_argument("--out", required=True, help="output file, e.g. pruned.pt")
     a.add_argument("--state-dict", help="load these weights into the rebuilt network (state_dict.pt of autoprune "
@@ -409,7 +409,7 @@ def _copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _load_policy(args: argparse.Namespace) -> tuple[PolicyRecord, EnvConfig, Experiment]:
-    record = PolicyRecord.load(args.policy)
+    record = PolicyRecord.load(policy_file(args.policy))
     config = _config(args, record)
     exp = _experiment(args, config, latency=False)
     check_fits(record, exp.space, config.model, config.search_space)
@@ -515,7 +515,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """``autoprune finetune``: recover, fine-tune, report and save a policy's network."""
     from autoprune.finetune import FinetuneSettings
     from autoprune.finetune_run import FinetuneJob, run_finetune
-    from autoprune.rebuild import policy_file
 
     policy = policy_file(args.policy)
     settings = FinetuneSettings(
@@ -526,7 +525,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     job = FinetuneJob(policy, Path(args.out) if args.out else policy.parent / "finetune", settings, args.recover,
                       args.resume, args.full_test, args.onnx, _device(args.device))
     job.check()
-    args.policy = str(policy)
     record, _, exp = _load_policy(args)
     report = run_finetune(job, record, exp, progress=not args.quiet)
     for role, name in report["splits"].items():
@@ -541,7 +539,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``autoprune export``: a policy as Torch-Pruning ratios, an NNI config list or a CSV table."""
     from autoprune.export import FORMATS, export_policy
     from autoprune.presets import load_space
-    from autoprune.rebuild import policy_file
     from autoprune.space import SearchSpace
     from autoprune.zoo.models import build_model
 

@@ -21,7 +21,7 @@ def test_main_command_then_evaluate_and_apply(cli, tmp_path):
     assert "FLOPs (MACs" in (run / "summary.md").read_text()
     assert "best policy" in out
 
-    code, out, err = cli("apply", str(run / "policy.json"), "--out", str(tmp_path / "pruned.pt"))
+    code, out, err = cli("apply", str(run), "--out", str(tmp_path / "pruned.pt"))  # a run directory names its policy
     assert code == 0, err
     pruned = torch.load(tmp_path / "pruned.pt", weights_only=False)
     x = torch.zeros(record.input_shape)
@@ -31,7 +31,7 @@ def test_main_command_then_evaluate_and_apply(cli, tmp_path):
     dense = float(summary.split("| FLOPs (MACs, fvcore) | ")[1].split("M")[0]) * 1e6
     assert 0.97 * 0.5 * dense <= record.metrics["flops"] <= 0.5 * dense
 
-    code, out, err = cli("evaluate", "--policy", str(run / "policy.json"), "--json")
+    code, out, err = cli("evaluate", "--policy", str(run), "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["flops"] == record.metrics["flops"] and result["bn_recalibrated"] is True

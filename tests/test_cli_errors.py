@@ -220,6 +220,13 @@ def test_evaluate_rejects_policy_file(fails: Callable[..., str], tmp_path: Path,
     assert key in fails("evaluate", "--policy", str(path))
 
 
+@pytest.mark.parametrize("command", ["evaluate", "apply"])
+def test_rejects_run_directory_without_policy(fails: Callable[..., str], tmp_path: Path, command: str) -> None:
+    (tmp_path / "run").mkdir()
+    argv = ["evaluate", "--policy", "run"] if command == "evaluate" else ["apply", "run", "--out", "pruned.pt"]
+    assert "holds no policy.json" in fails(*argv)
+
+
 def test_apply_rejects_missing_out_folder(
     fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any]
 ) -> None:
