@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,17 +81,26 @@ class TrialRecorder:
     def __init__(self, path: Path, unit_names: Sequence[str]) -> None:
         self.path = path
         self.unit_names = list(unit_names)
+        self._columns: list[str] | None = None  # the file's header, once read
+        self._rows = 0  # rows counted up to byte offset _counted (only what others appended since is read again)
+        self._counted = 0
 
     def __call__(self, candidate: Candidate) -> None:
         row = candidate_row(candidate, self.unit_names)
         with open(self.path, "a+", newline="") as f:
             _lock(f)
-            f.seek(0)
-            first = f.readline()
-            columns = next(csv.reader([first])) if first else list(row)
-            row["trial"] = sum(1 for _ in csv.reader(f))  # rows so far, over every worker and resumed run
-            f.seek(0, io.SEEK_END)
-            pd.DataFrame([row]).reindex(columns=columns).to_csv(f, header=not first, index=False)
+            if self._columns is None:
+                f.seek(0)
+                first = f.readline()
+                self._columns = next(csv.reader([first])) if first else None
+                self._counted = f.tell()
+            f.seek(self._counted)
+            row["trial"] = self._rows = self._rows + sum(1 for _ in csv.reader(f))  # over every worker and resumed run
+            header = self._columns is None
+            self._columns = self._columns or list(row)
+            pd.DataFrame([row]).reindex(columns=self._columns).to_csv(f, header=header, index=False)
+            self._rows += 1
+            self._counted = f.tell()
 
 
 def _lock(f: Any) -> None:

@@ -65,6 +65,24 @@ def test_every_candidate_is_recorded(digits, method, tmp_path):
         assert trials[f"kept:{name}"].tolist() == [c.kept[name] for c in result.candidates]
 
 
+def test_trial_numbers_count_rows_over_workers_and_resumes(tmp_path):
+    from autoprune.evaluate import Candidate
+    from autoprune.policy import Policy
+
+    def candidate(reason: str = "") -> Candidate:
+        return Candidate(0, Policy({"a": 0.5}), {"a": 4}, "fail" if reason else "ok", None if reason else 0.9,
+                         100, 10, reason=reason or None, meta={"method": "random"})
+
+    path = tmp_path / "trials.csv"
+    first, second = TrialRecorder(path, ["a"]), TrialRecorder(path, ["a"])  # two workers on one file
+    for recorder, reason in [(first, ""), (second, "line one\nline two"), (first, ""), (first, ""), (second, "")]:
+        recorder(candidate(reason))
+    TrialRecorder(path, ["a"])(candidate())  # a resumed run
+    trials = pd.read_csv(path)
+    assert trials["trial"].tolist() == list(range(6))
+    assert trials["reason"][1] == "line one\nline two" and trials["kept:a"].tolist() == [4] * 6
+
+
 def test_failed_candidate_is_a_record_not_a_crash(digits, monkeypatch):
     calls = {"n": 0}
     score = digits.evaluator.proxy.score
