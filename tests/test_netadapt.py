@@ -11,13 +11,23 @@ from autoprune.evaluate import LatencySettings
 from autoprune.experiment import Experiment
 from autoprune.latency_table import LatencyTable
 from autoprune.presets import load_env
-from autoprune.search import NetAdaptSearcher
+from autoprune.search import NetAdaptSearcher, RandomSearcher
 from autoprune.short_finetune import ShortFinetune
 
 
 @pytest.fixture(scope="module")
 def digits() -> Experiment:
     return Experiment.from_config(load_env("digits-demo"))
+
+
+@pytest.fixture(scope="module")
+def digits_timed() -> Experiment:
+    """The digits demo measuring latency, with a latency lookup table."""
+    settings = LatencySettings(repeats=5, warmup=1)
+    exp = Experiment.from_config(load_env("digits-demo"), latency=settings)
+    exp.evaluator.latency_table = LatencyTable.build(exp.model, exp.example_inputs, exp.space, settings,
+                                                     exp.evaluator.pruner.prune, points=6, pair_points=2)
+    return exp
 
 
 def _search(exp: Experiment, budget: str = "0.5flops", evals: int = 60, **options):
@@ -92,11 +102,8 @@ def test_short_finetune_ranks_fine_tuned_candidates(digits):
     assert result.candidates[0].timings["recover"] > 0
 
 
-def test_netadapt_stops_on_measured_latency(digits):
-    exp = Experiment.from_config(load_env("digits-demo"), latency=LatencySettings(repeats=5, warmup=1))
-    table = LatencyTable.build(exp.model, exp.example_inputs, exp.space, LatencySettings(repeats=5, warmup=1),
-                               exp.evaluator.pruner.prune, points=6, pair_points=2)
-    exp.evaluator.latency_table = table
+def test_netadapt_stops_on_measured_latency(digits_timed):
+    exp, table = digits_timed, digits_timed.evaluator.latency_table
     cost = exp.evaluator.cost_of("latency")
     assert cost({u.name: u.min_kept for u in exp.space.units}) == table.predict({u.name: u.min_kept for u in exp.space.units})
     budget = Budget.parse("0.8latency")
@@ -109,3 +116,14 @@ def test_netadapt_stops_on_measured_latency(digits):
     if final["unit"] != "(projection)":  # it stops on the measured latency of the network it kept, not the prediction
         assert final["latency_ms"] <= searcher.limit
     assert result.best is not None
+
+
+def test_lookup_table_latency_budget_is_filled(digits_timed):
+    exp = digits_timed
+    searcher = RandomSearcher(exp.evaluator, Budget.parse("0.8latency"), evals=1)
+    kept = exp.space.kept(searcher.project({n: 0.3 * (i % 2) for i, n in enumerate(exp.space.names)}))
+    assert searcher.cost(kept) <= searcher.limit
+    for unit in exp.space.units:  # no unit can take one more rounding step of channels without breaking the budget
+        if kept[unit.name] < unit.max_kept:
+            more = {**kept, unit.name: min(unit.max_kept, kept[unit.name] + unit.round_to)}
+            assert searcher.cost(more) > searcher.limit

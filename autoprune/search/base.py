@@ -80,10 +80,11 @@ class Searcher(ABC):
     def project(self, shape: Mapping[str, float], fill: bool = True) -> Policy:
         """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`).
 
-        Leftover budget is not filled one channel at a time for latency: measured latency is too
-        noisy at that granularity and each step would cost a measurement.
+        Leftover budget is not filled one channel at a time for measured latency: it is too noisy at
+        that granularity and each step would cost a measurement. A latency lookup table's predictions
+        are exact and cheap, so they are filled like FLOPs and params.
         """
-        fill = fill and self.budget.metric != "latency"
+        fill = fill and (self.budget.metric != "latency" or self.evaluator.latency_table is not None)
         return project(shape, self.space, self.cost, self.limit, fill=fill)
 
     def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
