@@ -17,6 +17,7 @@ import pandas as pd
 from autoprune.bench import DETERMINISTIC, BenchSettings
 from autoprune.benchmarks.machine import machine_header
 from autoprune.cost import FLOPS_LABEL
+from autoprune.plotting import pyplot, save_figure
 
 BASELINES = ("uniform", "random")
 COLUMNS = ("method", "budget", "seed", "evals", "distinct", "seconds", "evals_per_min", "proxy_acc", "report_acc",
@@ -158,15 +159,6 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
     return lines
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _groups(cells: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str, Any]]:
     """Budgets and methods in matrix order, and one colour per method (the same in every plot)."""
     import matplotlib
@@ -177,18 +169,9 @@ def _groups(cells: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str
     return budgets, methods, {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
-def _save(fig: Any, path: Path, title: str) -> Path:
-    plt = _pyplot()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title: str) -> Path:
     """Test accuracy against FLOPs / dense per method, mean ± std over seeds (before and after fine-tuning)."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("report_acc", "test accuracy, BN recalibrated (%)")]
     if frame["finetuned_acc"].notna().any():
         panels.append(("finetuned_acc", "test accuracy after fine-tuning (%)"))
@@ -207,12 +190,12 @@ def plot_tradeoff(frame: pd.DataFrame, dense: dict[str, Any], path: Path, title:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path, f"{title}: accuracy against FLOPs (mean ± std over seeds)")
+    return save_figure(fig, path, f"{title}: accuracy against FLOPs (mean ± std over seeds)")
 
 
 def plot_ratios(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Per-unit pruning ratio of each method's best policy (mean over seeds), one panel per budget."""
-    plt = _pyplot()
+    plt = pyplot()
     budgets, methods, colors = _groups(cells)
     units = list(cells[0]["kept"]) if cells else []
     fig, axes = plt.subplots(len(budgets), 1, figsize=(max(7.0, 0.35 * len(units) + 3), 3.2 * len(budgets)),
@@ -230,12 +213,12 @@ def plot_ratios(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xticks(range(len(units)), units, rotation=90, fontsize=7)
     axes[0, 0].legend(fontsize=7, ncol=4)
-    return _save(fig, path, f"{title}: per-unit ratios of each method's best policy (mean over seeds)")
+    return save_figure(fig, path, f"{title}: per-unit ratios of each method's best policy (mean over seeds)")
 
 
 def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Best proxy accuracy within the budget after each evaluation, mean over seeds, one panel per budget."""
-    plt = _pyplot()
+    plt = pyplot()
     budgets, methods, colors = _groups(cells)
     fig, axes = plt.subplots(1, len(budgets), figsize=(max(7.0, 5.5 * len(budgets)), 4.2), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
@@ -253,5 +236,5 @@ def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.set_title(budget, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path, f"{title}: best-so-far proxy accuracy (mean over seeds)")
+    return save_figure(fig, path, f"{title}: best-so-far proxy accuracy (mean over seeds)")
 

@@ -14,6 +14,7 @@ import yaml
 from autoprune.cost import FLOPS_LABEL
 from autoprune.errors import ConfigError
 from autoprune.evaluate import Candidate
+from autoprune.plotting import pyplot, save_figure
 from autoprune.policy import PolicyRecord
 
 RUNS_ROOT = Path("results") / "runs"
@@ -174,18 +175,9 @@ def write_summary(
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, flops_limit: float | None, dense_flops: float) -> Path:
     """Write ``trials.png``: proxy accuracy against FLOPs of every candidate (``best_row`` starred), and best-so-far."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = trials[trials["status"] == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.scatter(ok["flops"] / dense_flops, 100 * ok["proxy_acc"], s=12, alpha=0.6, label="candidates")
@@ -201,11 +193,7 @@ def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, flops_limit:
     ax2.plot(range(1, len(trials) + 1), running)
     ax2.set_xlabel("evaluation")
     ax2.set_ylabel("best proxy accuracy within budget (%)")
-    fig.tight_layout()
-    path = run_dir / "trials.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "trials.png")
 
 
 def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +205,7 @@ def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
 
 def plot_pareto(run_dir: Path, trials: pd.DataFrame, dense_flops: float) -> Path:
     """Write ``pareto.csv`` and ``pareto.png``: the accuracy-FLOPs Pareto front of a run."""
-    plt = _pyplot()
+    plt = pyplot()
     front = pareto_front(trials)
     front.to_csv(run_dir / "pareto.csv", index=False)
     ok = trials[trials["status"] == "ok"]
@@ -227,16 +215,12 @@ def plot_pareto(run_dir: Path, trials: pd.DataFrame, dense_flops: float) -> Path
     ax.set_xlabel(f"{FLOPS_LABEL} / dense")
     ax.set_ylabel("proxy accuracy (%)")
     ax.legend()
-    fig.tight_layout()
-    path = run_dir / "pareto.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "pareto.png")
 
 
 def plot_policy(run_dir: Path, record: PolicyRecord) -> Path:
     """Write ``policy.png``: dense and kept channels of every unit, in network order."""
-    plt = _pyplot()
+    plt = pyplot()
 
     names = list(record.channels)
     dense = [record.channels[n]["dense"] for n in names]
@@ -248,8 +232,4 @@ def plot_policy(run_dir: Path, record: PolicyRecord) -> Path:
     ax.set_ylabel("channels")
     ax.set_title(f"{record.model} at {record.budget}: kept channels per unit ({record.found_by.get('method')})")
     ax.legend()
-    fig.tight_layout()
-    path = run_dir / "policy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "policy.png")

@@ -26,6 +26,7 @@ import pandas as pd
 from autoprune.cost import FLOPS_LABEL
 from autoprune.errors import ConfigError
 from autoprune.evaluate import Evaluator
+from autoprune.plotting import pyplot, save_figure
 from autoprune.policy import Policy
 from autoprune.zoo.images import cache_dir
 
@@ -193,9 +194,7 @@ def write_outputs(table: SensitivityTable, out: Path, title: str) -> list[Path]:
 
 def plot_curves(table: SensitivityTable, path: Path, title: str) -> Path:
     """Proxy accuracy against the ratio pruned from each unit alone (one curve per unit, network order)."""
-    from autoprune.runs import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     units = table.units
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.95, len(units)))
@@ -212,17 +211,12 @@ def plot_curves(table: SensitivityTable, path: Path, title: str) -> Path:
     else:
         mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, len(units) - 1))
         fig.colorbar(mappable, ax=ax, label="unit index (network order)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_heatmap(table: SensitivityTable, path: Path, title: str) -> Path:
     """Units x ratios heatmap of the proxy accuracy drop (percentage points) when one unit is pruned."""
-    from autoprune.runs import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     units, ratios = table.units, list(table.ratios)
     grid = table.frame[table.frame["ratio"] > 0].pivot_table(index="unit", columns="ratio", values="accuracy")
     drop = 100 * (table.dense_accuracy - grid.reindex(index=units, columns=ratios).to_numpy())
@@ -238,10 +232,7 @@ def plot_heatmap(table: SensitivityTable, path: Path, title: str) -> Path:
                 ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,
                         color="white" if value > 0.6 * np.nanmax(drop) else "black")
     fig.colorbar(image, ax=ax, label="accuracy drop (points)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def summary_line(table: SensitivityTable) -> str:
