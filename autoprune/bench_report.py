@@ -3,7 +3,8 @@
 ``<out>/<name>.md`` starts with the machine, library versions, the dense baseline and the exact
 command; ``<name>.csv`` holds one row per cell; ``<name>-tradeoff.png`` plots test accuracy against
 FLOPs with error bars per method, ``<name>-ratios.png`` the per-unit ratio profile of each method's
-best policy, and ``<name>-curves.png`` the best proxy accuracy found after each evaluation.
+best policy, and ``<name>-curves.png`` the best proxy accuracy found after each evaluation. A
+``findings.md`` written by hand beside the cells is appended as the report's last section.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from autoprune.cost import FLOPS_LABEL
 from autoprune.plotting import pyplot, save_figure
 
 BASELINES = ("uniform", "random")
+FINDINGS = "findings.md"  # beside the cells: what a person learned from them, appended to the report
 COLUMNS = ("method", "budget", "seed", "evals", "distinct", "seconds", "evals_per_min", "proxy_acc", "report_acc",
            "finetuned_acc", "flops_fraction", "flops", "params", "latency_ms")
 
@@ -99,8 +101,13 @@ def write_report(settings: BenchSettings, cells: list[dict[str, Any]], dense: di
     plots = [plot_tradeoff(frame, dense, out / f"{name}-tradeoff.png", name),
              plot_ratios(cells, out / f"{name}-ratios.png", name),
              plot_curves(cells, out / f"{name}-curves.png", name)]
+    lines = _markdown(settings, frame, dense, scan, command, csv, plots)
+    findings = settings.cell_dir / FINDINGS
+    if findings.is_file():
+        lines += ["", "## Findings", "", f"_Written by hand in `{findings.relative_to(out).as_posix()}` from the cells "
+                  "above; a rewrite of this report keeps it._", "", findings.read_text().strip()]
     md = out / f"{name}.md"
-    md.write_text("\n".join(_markdown(settings, frame, dense, scan, command, csv, plots)) + "\n")
+    md.write_text("\n".join(lines) + "\n")
     return [md, csv, *plots]
 
 

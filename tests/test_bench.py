@@ -91,6 +91,17 @@ def test_report_only_reads_finished_cells(quick, capsys):
     assert "24 of 42 cells finished" in capsys.readouterr().out  # seed 1 of the 6 stochastic methods is missing
 
 
+def test_report_keeps_the_findings_written_beside_the_cells(quick):
+    (quick / "cells" / "digits-demo" / "findings.md").write_text("DDPG repeats policies at 0.3flops.\n")
+    try:
+        assert main(["bench", "--quick", "--quiet", "--out", str(quick), "--report-only"]) == 0
+        report = (quick / "digits-demo.md").read_text()
+    finally:
+        (quick / "cells" / "digits-demo" / "findings.md").unlink()
+    assert report.endswith("## Findings\n\n_Written by hand in `cells/digits-demo/findings.md` from the cells above; "
+                           "a rewrite of this report keeps it._\n\nDDPG repeats policies at 0.3flops.\n")
+
+
 def test_other_settings_do_not_reuse_cells(quick, cli):
     code, _, err = cli("bench", "--quick", "--finetune-epochs", "2", "--out", str(quick), "--quiet")
     assert code == 2 and "other settings (finetune_epochs)" in err and len(err.splitlines()) == 1
