@@ -69,6 +69,7 @@ def test_quick_report_structure(quick):
         assert "| best mean |" in section and "| ddpg − random (points) |" in section
     frame = pd.read_csv(quick / "digits-demo.csv")
     assert list(frame.columns) == list(COLUMNS) and len(frame) == len(DEFAULT_METHODS) * len(BUDGETS)
+    assert frame["machine"].nunique() == 1 and f"- cells measured on: {frame['machine'][0]} (24 cells, finished" in md
     assert (frame["flops_fraction"] <= frame["budget"].str.removesuffix("flops").astype(float)).all()
     for plot in ("tradeoff", "ratios", "curves"):
         path = quick / f"digits-demo-{plot}.png"

@@ -15,6 +15,13 @@ import torch
 LIBRARIES = ("autoprune", "torch", "torchvision", "torch-pruning", "fvcore", "numpy", "pandas", "optuna", "stable-baselines3")
 
 
+def machine_description() -> str:
+    """This machine in one line: architecture, CPU cores, torch threads, GPU and operating system."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, torch threads "
+            f"{torch.get_num_threads()}, GPU: {gpu}; {platform.system()} {platform.release()}")
+
+
 def machine_header(command: list[str]) -> list[str]:
     """Markdown lines naming the date, machine, threads, library versions and the command."""
     versions = []
@@ -23,11 +30,9 @@ def machine_header(command: list[str]) -> list[str]:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             continue
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
-        f"torch threads {torch.get_num_threads()}, GPU: {gpu}; {platform.system()} {platform.release()}",
+        f"- machine: {machine_description()}",
         f"- python {sys.version.split()[0]}; {', '.join(versions)}",
         f"- command: `{shlex.join(command)}`",
     ]
