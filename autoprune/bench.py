@@ -8,7 +8,8 @@ no fine-tuning), timed on the device, and optionally fine-tuned with the same sh
 every method. Each finished cell is saved as JSON under ``<out>/cells/<name>/<budget>/`` at once; a
 rerun skips finished cells, so a stopped benchmark resumes where it stopped. Cells run seed by seed,
 so an interrupted run still has every method at its first seed. Deterministic methods (uniform,
-NetAdapt) run one seed. The report is written by :mod:`autoprune.bench_report`.
+NetAdapt) run one seed. :func:`benchmark` runs the matrix and writes the report
+(:mod:`autoprune.bench_report`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -235,6 +237,41 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, 
             bar.set_postfix_str(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
             bar.update(1)
     return finished_cells(settings)
+
+
+def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: bool = True,
+              command: list[str] | None = None) -> tuple[list[Path], int]:
+    """Run the matrix's missing cells (none with ``report_only``), then write the report from every finished cell.
+
+    Args:
+        settings: the benchmark.
+        report_only: only rewrite the report from the cells already finished.
+        progress: show progress bars.
+        command: the command the report's header names (default: this process's, ``python script.py ...``).
+
+    Returns:
+        The files written (report, CSV, plots) and how many cells are finished.
+
+    Raises:
+        ConfigError: for settings that cannot run, cells made with other settings, or (``report_only``)
+            no finished cell.
+        BudgetError: for a budget the search space cannot reach.
+    """
+    from autoprune.bench_report import write_report
+
+    settings.check()
+    check_identity(settings)
+    exp = dense_experiment(settings)
+    if not report_only:
+        check_cells(settings, exp)
+        run_bench(settings, progress)
+    cells = finished_cells(settings)
+    if not cells:
+        raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
+    scan_path = settings.cell_dir / "sensitivity-scan.json"
+    scan_cost = json.loads(scan_path.read_text()) if scan_path.is_file() else None
+    command = command or [Path(sys.executable).name, *sys.argv]
+    return write_report(settings, cells, dense_baseline(settings, exp), scan_cost, command), len(cells)
 
 
 @contextmanager

@@ -318,9 +318,7 @@ FULL = {"seeds": 3, "evals": 300, "finetune_epochs": 0, "finetune_images": None}
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``autoprune bench``: run the missing cells of a method x budget x seed matrix, then write the report."""
-    from autoprune.bench import (BenchSettings, check_cells, check_identity, dense_baseline, dense_experiment,
-                                 finished_cells, parse_budgets, run_bench)
-    from autoprune.bench_report import write_report
+    from autoprune.bench import BenchSettings, benchmark, parse_budgets
 
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
     settings = BenchSettings(
@@ -329,20 +327,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         latency=not args.no_latency, device=_device(args.device), threads=args.threads, data_dir=args.data_dir,
         name=args.name, out=args.out,
     )
-    settings.check()
-    check_identity(settings)
-    exp = dense_experiment(settings)
-    if not args.report_only:
-        check_cells(settings, exp)
-        run_bench(settings, progress=not args.quiet)
-    cells = finished_cells(settings)
-    if not cells:
-        raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
-    scan_path = settings.cell_dir / "sensitivity-scan.json"
-    scan = json.loads(scan_path.read_text()) if scan_path.is_file() else None
     command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
-    files = write_report(settings, cells, dense_baseline(settings, exp), scan, command)
-    print(f"{len(cells)} of {len(settings.cells())} cells finished; wrote {', '.join(str(f) for f in files)}")
+    files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command)
+    print(f"{finished} of {len(settings.cells())} cells finished; wrote {', '.join(str(f) for f in files)}")
     return 0
 
 

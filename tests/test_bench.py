@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autoprune.bench import DEFAULT_METHODS, BenchSettings, netadapt_step, parse_budgets, parse_method, run_bench
+from autoprune.bench import (DEFAULT_METHODS, BenchSettings, benchmark, netadapt_step, parse_budgets, parse_method,
+                             run_bench)
 from autoprune.bench_report import COLUMNS, comparison_table
 from autoprune.budget import Budget
 from autoprune.cli import main
@@ -101,6 +102,16 @@ def test_report_keeps_the_findings_written_beside_the_cells(quick):
         (quick / "cells" / "digits-demo" / "findings.md").unlink()
     assert report.endswith("## Findings\n\n_Written by hand in `cells/digits-demo/findings.md` from the cells above; "
                            "a rewrite of this report keeps it._\n\nDDPG repeats policies at 0.3flops.\n")
+
+
+def test_python_api_rewrites_the_report_of_the_cli_cells(quick):
+    settings = BenchSettings(env=load_env("digits-demo").to_dict(), budgets=BUDGETS, seeds=1, evals=6,
+                             finetune_epochs=1, finetune_images=256, out=str(quick))
+    files, finished = benchmark(settings, report_only=True, progress=False, command=["python", "bench.py"])
+    assert finished == len(DEFAULT_METHODS) * len(BUDGETS) == len(settings.cells())
+    assert files[0] == quick / "digits-demo.md" and "- command: `python bench.py`" in files[0].read_text()
+    with pytest.raises(ConfigError, match="other settings"):
+        benchmark(BenchSettings(**{**settings.__dict__, "finetune_epochs": 2}), report_only=True)
 
 
 def test_other_settings_do_not_reuse_cells(quick, cli):
