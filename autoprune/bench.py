@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.augment import augmentation_for
-from autoprune.benchmarks.machine import machine_description
+from autoprune.benchmarks.machine import library_versions, machine_description
 from autoprune.budget import Budget
 from autoprune.cost import count_params, measure_latency
 from autoprune.errors import ConfigError
@@ -349,7 +349,7 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
         "flops": best.flops, "dense_flops": exp.evaluator.cost.dense_flops, "params": best.params,
         "dense_params": count_params(exp.model), "kept": dict(best.kept),
         "channels": {u.name: u.channels for u in exp.space.units}, "curve": best_so_far(result.candidates),
-        "machine": machine_description(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_description(), "versions": library_versions(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if settings.latency:
         cell["latency_ms"] = measure_latency(copy.deepcopy(network), exp.example_inputs, settings.device,

@@ -24,7 +24,7 @@ BASELINES = ("uniform", "random")
 FINDINGS = "findings.md"  # beside the cells: what a person learned from them, appended to the report
 NUMBERS = ("evals", "distinct", "seconds", "evals_per_min", "proxy_acc", "report_acc", "finetuned_acc",
            "flops_fraction", "flops", "params", "latency_ms")
-COLUMNS = ("method", "budget", "seed", *NUMBERS, "machine", "finished")
+COLUMNS = ("method", "budget", "seed", *NUMBERS, "machine", "versions", "finished")
 
 
 def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
@@ -37,7 +37,8 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
             "seconds": c["seconds"], "evals_per_min": 60.0 * c["evals"] / c["seconds"],
             "proxy_acc": c["proxy_acc"], "report_acc": c["report_acc"], "finetuned_acc": c.get("finetuned_acc"),
             "flops_fraction": c["flops"] / c["dense_flops"], "flops": c["flops"], "params": c["params"],
-            "latency_ms": c.get("latency_ms"), "machine": c.get("machine"), "finished": c.get("finished"),
+            "latency_ms": c.get("latency_ms"), "machine": c.get("machine"),
+            "versions": c.get("versions"), "finished": c.get("finished"),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: float for k in NUMBERS})
 
@@ -112,10 +113,16 @@ def write_report(settings: BenchSettings, cells: list[dict[str, Any]], dense: di
     return [md, csv, *plots]
 
 
-def _measured_on(frame: pd.DataFrame) -> list[str]:
-    """Where and when the cells were measured (the header above describes the machine that wrote the report)."""
-    lines = [f"- cells measured on: {machine} ({len(g)} cells, finished {g['finished'].min()} to {g['finished'].max()})"
-             for machine, g in frame.groupby("machine", sort=False)]
+def measured_on(frame: pd.DataFrame) -> list[str]:
+    """Where, when and with which libraries the cells were measured (the header above describes the machine and
+    libraries that wrote the report)."""
+    lines = []
+    for (machine, versions), g in frame.groupby(["machine", "versions"], sort=False, dropna=False):
+        if pd.isna(machine):
+            continue
+        with_versions = "" if pd.isna(versions) else f"; {versions}"
+        lines.append(f"- cells measured on: {machine}{with_versions} ({len(g)} cells, finished {g['finished'].min()} "
+                     f"to {g['finished'].max()})")
     unknown = int(frame["machine"].isna().sum())
     if unknown:
         lines.append(f"- {unknown} cells do not record their machine (made before autoprune recorded it)")
@@ -128,7 +135,7 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
     finetuned = settings.finetune_epochs > 0
     lines = [f"# Pruning-policy search methods on {settings.title}", ""]
     lines += machine_header(command)
-    lines += _measured_on(frame)
+    lines += measured_on(frame)
     lines += [
         f"- network: {env['model']} with weights `{env['weights']}`, data {env['dataset']}; search space "
         f"`{env['search_space']}` ({dense['units']} units), channel criterion {env['criterion']}",

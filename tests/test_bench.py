@@ -14,7 +14,7 @@ import pytest
 
 from autoprune.bench import (DEFAULT_METHODS, BenchSettings, benchmark, netadapt_step, parse_budgets, parse_method,
                              run_bench)
-from autoprune.bench_report import COLUMNS, comparison_table
+from autoprune.bench_report import COLUMNS, cells_frame, comparison_table, measured_on
 from autoprune.budget import Budget
 from autoprune.cli import main
 from autoprune.cost import fvcore_flops
@@ -70,7 +70,9 @@ def test_quick_report_structure(quick):
         assert "| best mean |" in section and "| ddpg − random (points) |" in section
     frame = pd.read_csv(quick / "digits-demo.csv")
     assert list(frame.columns) == list(COLUMNS) and len(frame) == len(DEFAULT_METHODS) * len(BUDGETS)
-    assert frame["machine"].nunique() == 1 and f"- cells measured on: {frame['machine'][0]} (24 cells, finished" in md
+    assert frame["machine"].nunique() == 1 and frame["versions"].nunique() == 1
+    assert f"- cells measured on: {frame['machine'][0]}; {frame['versions'][0]} (24 cells, finished" in md
+    assert frame["versions"][0].startswith("python ") and " torch " in frame["versions"][0]
     assert (frame["flops_fraction"] <= frame["budget"].str.removesuffix("flops").astype(float)).all()
     for plot in ("tradeoff", "ratios", "curves"):
         path = quick / f"digits-demo-{plot}.png"
@@ -161,6 +163,22 @@ def test_comparison_marks_gains_beyond_one_std():
     assert "| tpe − uniform (points) | +21.00 ✓ |" in rows
     assert "| tpe − random (points) | +9.00 ✓ |" in rows  # 9 points > the larger std (2.83)
     assert "| lucky − random (points) | +3.00 ? |" in rows  # one seed: no std to judge by
+
+
+def test_header_names_each_machine_and_library_set_the_cells_ran_on():
+    base = {"method": "random", "budget": "0.5flops", "seed": 0, "evals": 10, "seconds": 5.0, "proxy_acc": 0.5,
+            "report_acc": 0.5, "flops": 5, "dense_flops": 10, "params": 3}
+    cells = [{**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 10:00 UTC"},
+             {**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 11:00 UTC"},
+             {**base, "machine": "box", "versions": "python 3.11; torch 2.15", "finished": "2026-11-21 09:00 UTC"},
+             {**base, "machine": "box", "finished": "2026-11-21 08:00 UTC"},  # made before cells recorded versions
+             base]  # made before cells recorded their machine
+    assert measured_on(cells_frame(cells)) == [
+        "- cells measured on: box; python 3.11; torch 2.14 (2 cells, finished 2026-11-28 10:00 UTC to 2026-11-28 11:00 UTC)",
+        "- cells measured on: box; python 3.11; torch 2.15 (1 cells, finished 2026-11-21 09:00 UTC to 2026-11-21 09:00 UTC)",
+        "- cells measured on: box (1 cells, finished 2026-11-21 08:00 UTC to 2026-11-21 08:00 UTC)",
+        "- 1 cells do not record their machine (made before autoprune recorded it)",
+    ]
 
 
 @pytest.mark.parametrize("args, key", [

@@ -22,18 +22,23 @@ def machine_description() -> str:
             f"{torch.get_num_threads()}, GPU: {gpu}; {platform.system()} {platform.release()}")
 
 
-def machine_header(command: list[str]) -> list[str]:
-    """Markdown lines naming the date, machine, threads, library versions and the command."""
+def library_versions() -> str:
+    """Python and the installed versions of the libraries a measurement depends on, in one line."""
     versions = []
     for name in LIBRARIES:
         try:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             continue
+    return f"python {sys.version.split()[0]}; {', '.join(versions)}"
+
+
+def machine_header(command: list[str]) -> list[str]:
+    """Markdown lines naming the date, machine, threads, library versions and the command."""
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {machine_description()}",
-        f"- python {sys.version.split()[0]}; {', '.join(versions)}",
+        f"- {library_versions()}",
         f"- command: `{shlex.join(command)}`",
     ]
 
