@@ -22,7 +22,7 @@ actions. Reward: 0 until the last step, then from the evaluated candidate.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium
@@ -36,7 +36,7 @@ from autoprune.experiment import Experiment
 from autoprune.policy import Policy
 from autoprune.presets import load_env
 from autoprune.projection import check_reachable
-from autoprune.space import SearchSpace
+from autoprune.space import SearchSpace, Unit
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 REWARDS = ("acc", "acc-flops", "acc-latency")
@@ -144,15 +144,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         """
         if self._step is None or self._step >= len(self.units):
             raise gymnasium.error.ResetNeeded("call reset() before step(): no pruning episode is running")
-        value = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        if not math.isfinite(value):
-            raise AutopruneError(f"action must be a finite number in [-1, 1], got {value}")
-        t, unit = self._step, self.units[self._step]
-        wanted = unit.min_ratio + (min(1.0, max(-1.0, value)) + 1.0) / 2.0 * (unit.max_ratio - unit.min_ratio)
-        ratio = self._clip(t, wanted)
-        self._wanted[unit.name], self._ratios[unit.name] = wanted, ratio
-        self._kept[unit.name] = unit.kept(ratio)
-        self._step = t + 1
+        unit, wanted, ratio = self._decide(action)
         observation = self._observation(previous=ratio)
         if self._step < len(self.units):
             return observation, 0.0, False, False, {"unit": unit.name, "wanted_ratio": wanted, "ratio": ratio,
@@ -163,6 +155,23 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                 "flops": candidate.flops, "params": candidate.params, "latency_ms": candidate.latency_ms,
                 "kept": dict(candidate.kept)}
         return observation, self.reward(candidate), True, False, info
+
+    def policy_for(self, actions: Sequence[float] | np.ndarray) -> Policy:
+        """The policy an episode of these actions (one per unit, in network order) ends with, clipped exactly as
+        :meth:`step` clips them, without evaluating it. Ends any running episode: call :meth:`reset` before
+        stepping again.
+
+        Raises:
+            AutopruneError: for a count of actions other than the number of units, or a non-finite action.
+        """
+        values = np.asarray(actions, dtype=np.float64).reshape(-1)
+        if len(values) != len(self.units):
+            raise AutopruneError(f"give one action per unit ({len(self.units)}), got {len(values)}")
+        self.reset()
+        for value in values:
+            self._decide(value)
+        self._step = None
+        return Policy(self._ratios)
 
     def reward(self, candidate: Candidate) -> float:
         """The episode's reward for ``candidate`` (a failed candidate scores as accuracy 0)."""
@@ -177,6 +186,20 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def _evaluate_alone(self, policy: Policy, meta: Mapping[str, Any]) -> Candidate:
         within = self.cost(self.space.kept(policy)) <= self.limit
         return self.evaluator.evaluate(policy, {"method": "env", **meta, "within_budget": within})
+
+    def _decide(self, action: np.ndarray | float) -> tuple[Unit, float, float]:
+        """Map the action onto the current unit's bounds, clip it and apply it: (unit, wanted ratio, ratio)."""
+        assert self._step is not None, "an episode must be running"
+        value = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        if not math.isfinite(value):
+            raise AutopruneError(f"action must be a finite number in [-1, 1], got {value}")
+        t, unit = self._step, self.units[self._step]
+        wanted = unit.min_ratio + (min(1.0, max(-1.0, value)) + 1.0) / 2.0 * (unit.max_ratio - unit.min_ratio)
+        ratio = self._clip(t, wanted)
+        self._wanted[unit.name], self._ratios[unit.name] = wanted, ratio
+        self._kept[unit.name] = unit.kept(ratio)
+        self._step = t + 1
+        return unit, wanted, ratio
 
     def _clip(self, t: int, wanted: float) -> float:
         """The ratio unit ``t`` gets for the wanted ratio: unchanged, or the nearest one inside the window."""

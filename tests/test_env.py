@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from autoprune.budget import Budget
 from autoprune.cost import count_params, fvcore_flops
 from autoprune.env import ENV_ID, FEATURES, ChannelPruningEnv
-from autoprune.errors import BudgetError, ConfigError, UnsupportedModelError
+from autoprune.errors import AutopruneError, BudgetError, ConfigError, UnsupportedModelError
 from autoprune.evaluate import Candidate
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
@@ -113,6 +113,32 @@ def test_every_final_policy_meets_the_budget(request, space, budget, data):
     assert measured <= limit
     # tight clipping spends the budget up to about one channel step of the last unit (16 of 128 when rounded)
     assert measured >= (0.97 if space == "digits" else 0.85) * limit
+
+
+@pytest.mark.parametrize("space", ["digits", "rounded"])
+def test_policy_for_is_the_episode_policy_without_an_evaluation(request, space):
+    exp: Experiment = request.getfixturevalue(space)
+    n, rng = len(exp.space), np.random.default_rng(0)
+    evaluated = []
+
+    def evaluate(policy, meta):
+        evaluated.append(policy)
+        return _cost_only(exp)(policy, meta)
+
+    env = ChannelPruningEnv(exp.evaluator, budget="0.5flops", evaluate=evaluate)
+    for actions in ([-1.0] * n, [1.0] * n, list(rng.uniform(-1, 1, n)), list(rng.uniform(-1, 1, n))):
+        actions = [float(np.float32(a)) for a in actions]  # the float32 values _episode steps with
+        policy = env.policy_for(actions)
+        assert not evaluated
+        _, _, info = _episode(env, actions)
+        assert evaluated.pop() == policy == info["policy"]
+        assert exp.evaluator.cost.flops(exp.space.kept(policy)) <= 0.5 * exp.evaluator.cost.dense_flops
+    with pytest.raises(gymnasium.error.ResetNeeded):  # policy_for leaves no episode running
+        env.policy_for([0.0] * n) and env.step(np.zeros(1, dtype=np.float32))
+    with pytest.raises(AutopruneError, match=f"one action per unit \\({n}\\), got 2"):
+        env.policy_for([0.0, 0.0])
+    with pytest.raises(AutopruneError, match="finite"):
+        env.policy_for([math.nan] * n)
 
 
 def _cost_only(exp: Experiment):
