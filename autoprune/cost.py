@@ -19,6 +19,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.space import SearchSpace
+from autoprune.threads import torch_threads
 
 FLOPS_LABEL = "FLOPs (MACs, fvcore)"
 
@@ -179,20 +180,14 @@ def measure_latency(
     device = torch.device(device)
     model = model.to(device).eval()
     x = example_inputs.to(device)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(x)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)

@@ -49,6 +49,7 @@ from autoprune.errors import ConfigError
 from autoprune.evaluate import LatencySettings
 from autoprune.prune import Pruner
 from autoprune.space import SearchSpace, Unit
+from autoprune.threads import torch_threads
 from autoprune.zoo.images import cache_dir
 
 TABLE_FORMAT = "autoprune-latency-table-v1"
@@ -290,11 +291,9 @@ class _LayerTimer:
             return hook
 
         x, s = self.x.to(self.device), self.settings
-        previous, handles = torch.get_num_threads(), []
-        if s.threads is not None:
-            torch.set_num_threads(s.threads)
+        handles = []
         try:
-            with torch.inference_mode():
+            with torch_threads(s.threads), torch.inference_mode():
                 for _ in range(s.warmup):
                     for network in networks:
                         network(x)
@@ -312,7 +311,6 @@ class _LayerTimer:
                         if i == 0:
                             totals.append(time.perf_counter() - start)
         finally:
-            torch.set_num_threads(previous)
             for h in handles:
                 h.remove()
         factor = self.reference_ms / statistics.median(totals)
@@ -391,21 +389,15 @@ def paired_latency(network: nn.Module, reference: nn.Module, x: torch.Tensor, se
     x = x.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[list[float]] = [[], []]
-    previous = torch.get_num_threads()
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    try:
-        with torch.inference_mode():
-            for i in range(settings.warmup + settings.repeats):
-                for j, n in enumerate(networks):
-                    sync()
-                    start = time.perf_counter()
-                    n(x)
-                    sync()
-                    if i >= settings.warmup:
-                        times[j].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(settings.threads), torch.inference_mode():
+        for i in range(settings.warmup + settings.repeats):
+            for j, n in enumerate(networks):
+                sync()
+                start = time.perf_counter()
+                n(x)
+                sync()
+                if i >= settings.warmup:
+                    times[j].append(time.perf_counter() - start)
     return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from autoprune.errors import ConfigError, DataError
 from autoprune.zoo import datasets
 from autoprune.zoo.datasets import load_split
-from autoprune.zoo.digits import load_digits_split
+from autoprune.zoo.digits import load_digits_split, pretrained_digits_cnn
 
 
 @pytest.fixture
@@ -50,6 +50,20 @@ def test_digits_splits_are_disjoint():
     assert sum(len(p) for p in parts.values()) == 1797
     rows = {s: {tuple(i.flatten().tolist()) + (int(l),) for i, l in zip(p.images, p.labels)} for s, p in parts.items()}
     assert len(rows["val"] & rows["test"]) <= 2  # the digits set holds a few exact duplicates
+
+
+def test_digits_cnn_trains_the_same_weights_whatever_the_callers_threads(tmp_path, monkeypatch):
+    cached = pretrained_digits_cnn().state_dict()  # the session's, trained by whichever test came first
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fresh = pretrained_digits_cnn().state_dict()  # trained now, in a new cache
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert list(tmp_path.rglob("*.pt")) and fresh.keys() == cached.keys()
+    assert all(torch.equal(fresh[k], cached[k]) for k in cached)
 
 
 def test_missing_cifar_says_where_to_point(tmp_path, monkeypatch):

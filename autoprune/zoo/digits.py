@@ -1,7 +1,7 @@
 """The offline embedded default: a small CNN on scikit-learn's bundled 8x8 digits.
 
-The network is trained at first use (seconds on a CPU, fixed seed) and cached, so a fresh machine
-with no internet can run a real search.
+The network is trained at first use (seconds on a CPU, fixed seed, one thread) and cached, so a fresh
+machine with no internet can run a real search, and every machine trains the same weights.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.threads import torch_threads
 from autoprune.zoo.images import ImageSet, cache_dir
 
 DIGITS_SPLITS = ("train", "val", "test")
-_TRAIN_RECIPE = "digits-cnn-v1-adam-lr3e-3-e40-b64-seed0"
+_TRAIN_RECIPE = "digits-cnn-v2-adam-lr3e-3-e40-b64-seed0-1thread"
 
 
 class DigitsCNN(nn.Module):
@@ -66,7 +67,9 @@ def pretrained_digits_cnn() -> DigitsCNN:
         model = DigitsCNN()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
-    with torch.random.fork_rng():  # a fixed seed without touching the caller's random state
+    # a fixed seed without touching the caller's random state, and one thread: reductions split over another
+    # number of threads sum in another order, so the weights (and every demo result) would depend on the machine
+    with torch.random.fork_rng(), torch_threads(1):
         torch.manual_seed(0)
         model = _train(load_digits_split("train"))
     path.parent.mkdir(parents=True, exist_ok=True)
