@@ -177,17 +177,32 @@ def measure_latency(
         warmup: untimed passes first.
         threads: CPU threads during the measurement (default: leave as set).
     """
+    (times,) = time_forward_passes([model], example_inputs, device, repeats, warmup, threads)
+    return 1e3 * statistics.median(times)
+
+
+def time_forward_passes(
+    models: list[nn.Module],
+    example_inputs: torch.Tensor,
+    device: torch.device | str,
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+) -> list[list[float]]:
+    """Wall times (s) of ``repeats`` forward passes of each model, the models run in turn at every repeat (so that
+    they share the machine's load), after ``warmup`` untimed rounds; the models are moved to ``device``."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    models = [m.to(device).eval() for m in models]
     x = example_inputs.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     with torch_threads(threads), torch.inference_mode():
         for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+            for model, model_times in zip(models, times):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                if i >= warmup:
+                    model_times.append(time.perf_counter() - start)
+    return times

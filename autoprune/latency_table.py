@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from autoprune.budget import Budget
-from autoprune.cost import measure_latency, resolve_device
+from autoprune.cost import measure_latency, resolve_device, time_forward_passes
 from autoprune.errors import ConfigError
 from autoprune.evaluate import LatencySettings
 from autoprune.prune import Pruner
@@ -384,21 +384,9 @@ class _LayerTimer:
 
 def paired_latency(network: nn.Module, reference: nn.Module, x: torch.Tensor, settings: LatencySettings) -> tuple[float, float]:
     """Median latencies (ms) of ``network`` and ``reference``, the two run alternately (same load on the machine)."""
-    device = resolve_device(settings.device)
-    networks = [n.to(device).eval() for n in (network, reference)]
-    x = x.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: list[list[float]] = [[], []]
-    with torch_threads(settings.threads), torch.inference_mode():
-        for i in range(settings.warmup + settings.repeats):
-            for j, n in enumerate(networks):
-                sync()
-                start = time.perf_counter()
-                n(x)
-                sync()
-                if i >= settings.warmup:
-                    times[j].append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
+    ours, theirs = time_forward_passes([network, reference], x, resolve_device(settings.device), settings.repeats,
+                                       settings.warmup, settings.threads)
+    return 1e3 * statistics.median(ours), 1e3 * statistics.median(theirs)
 
 
 def _spread(n: int, k: int) -> list[int]:

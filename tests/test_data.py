@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from autoprune.errors import ConfigError, DataError
+from autoprune.threads import torch_threads
 from autoprune.zoo import datasets
 from autoprune.zoo.datasets import load_split
 from autoprune.zoo.digits import load_digits_split, pretrained_digits_cnn
@@ -55,13 +56,9 @@ def test_digits_splits_are_disjoint():
 def test_digits_cnn_trains_the_same_weights_whatever_the_callers_threads(tmp_path, monkeypatch):
     cached = pretrained_digits_cnn().state_dict()  # the session's, trained by whichever test came first
     monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         fresh = pretrained_digits_cnn().state_dict()  # trained now, in a new cache
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)
     assert list(tmp_path.rglob("*.pt")) and fresh.keys() == cached.keys()
     assert all(torch.equal(fresh[k], cached[k]) for k in cached)
 

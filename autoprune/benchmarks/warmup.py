@@ -35,7 +35,7 @@ from autoprune.evaluate import Evaluator
 from autoprune.experiment import Experiment
 from autoprune.plotting import pyplot, save_figure
 from autoprune.presets import load_env
-from autoprune.search import get_searcher
+from autoprune.search.random import RandomSearcher
 
 SAMPLERS = ("rl warm-up (clipped random actions)", "random search (projected samples)")
 NEAR_MAX = 0.05  # a unit within this of its max_ratio counts as cut to the maximum
@@ -52,14 +52,9 @@ def warmup_policies(evaluator: Evaluator, budget: Budget, episodes: int, seed: i
 
 def projected_policies(evaluator: Evaluator, budget: Budget, samples: int, seed: int) -> np.ndarray:
     """Ratios (samples x units) of random search's samples, each projected onto the budget."""
-    searcher = get_searcher("random")(evaluator, budget, evals=samples, seed=seed)
-    units = evaluator.space.units
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(samples):
-        policy = searcher.project({u.name: float(rng.uniform(u.min_ratio, u.max_ratio)) for u in units})
-        rows.append([policy[u.name] for u in units])
-    return np.array(rows)
+    searcher = RandomSearcher(evaluator, budget, evals=samples, seed=seed)
+    names = evaluator.space.names
+    return np.array([[p[n] for n in names] for p, _ in (searcher.propose() for _ in range(samples))])
 
 
 def blocks(names: list[str]) -> list[str]:
@@ -83,7 +78,7 @@ def block_rows(evaluator: Evaluator, budget: Budget, ratios: dict[str, np.ndarra
     return rows
 
 
-def plot(names: list[str], results: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path:
+def plot(names: list[str], results: dict[Budget, dict[str, np.ndarray]], path: Path, title: str) -> Path:
     """Mean ratio per unit (band: 25th to 75th percentile) of each sampler, one panel per budget."""
     plt = pyplot()
     fig, axes = plt.subplots(len(results), 1, figsize=(max(7.0, 0.35 * len(names) + 3), 3.0 * len(results)),
@@ -93,7 +88,7 @@ def plot(names: list[str], results: dict[str, dict[str, np.ndarray]], path: Path
         for sampler, table in ratios.items():
             line, = ax.plot(x, table.mean(axis=0), marker=".", label=sampler)
             ax.fill_between(x, *np.percentile(table, [25, 75], axis=0), color=line.get_color(), alpha=0.2)
-        ax.set_title(budget, fontsize=10)
+        ax.set_title(str(budget), fontsize=10)
         ax.set_ylabel("pruned ratio")
         ax.set_ylim(-0.02, 1.0)
         ax.grid(alpha=0.3)
@@ -118,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         budgets = [Budget.parse(b) for b in parse_budgets(args.budgets)]
         config = load_env(args.env)
         evaluator = Experiment.from_config(config).evaluator
-        results = {str(b): dict(zip(SAMPLERS, (warmup_policies(evaluator, b, args.episodes, args.seed),
-                                               projected_policies(evaluator, b, args.episodes, args.seed))))
+        results = {b: dict(zip(SAMPLERS, (warmup_policies(evaluator, b, args.episodes, args.seed),
+                                          projected_policies(evaluator, b, args.episodes, args.seed))))
                    for b in budgets}
     except AutopruneError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -143,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|" + "---:|" * (len(block_names) + 1),
     ]
     for budget, ratios in results.items():
-        lines += block_rows(evaluator, Budget.parse(budget), ratios)
+        lines += block_rows(evaluator, budget, ratios)
     lines += ["", f"![{png.stem}]({png.name})", ""]
     write_markdown(args.out, f"warmup-{config.name}.md", lines, echo=False)
     return 0

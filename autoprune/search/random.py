@@ -13,6 +13,10 @@ class RandomSearcher(Searcher):
 
     name = "random"
 
-    def _ask(self) -> tuple[Policy, dict[str, Any]]:
+    def propose(self) -> tuple[Policy, dict[str, Any]]:
+        """The next policy, not evaluated: a sample of every unit's ratio projected onto the budget, with the sample."""
         sample = {u.name: float(self.rng.uniform(u.min_ratio, u.max_ratio)) for u in self.space.units}
         return self.project(sample), {"sample": sample}
+
+    def _ask(self) -> tuple[Policy, dict[str, Any]]:
+        return self.propose()
