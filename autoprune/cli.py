@@ -16,16 +16,22 @@ from typing import Any, NoReturn
 
 import torch
 
-from autoprune.budget import Budget
-from autoprune.cost import FLOPS_LABEL, count_params, fvcore_flops, measure_latency, resolve_device
+from autoprune.core.budget import Budget
+from autoprune.core.cost import (
+    FLOPS_LABEL,
+    LatencySettings,
+    count_params,
+    fvcore_flops,
+    measure_latency,
+    resolve_device,
+)
+from autoprune.core.policy import PolicyRecord
+from autoprune.core.prune import CRITERIA
+from autoprune.core.rebuild import check_fits, kept_channels, policy_file
 from autoprune.errors import AutopruneError, ConfigError, PolicyError
-from autoprune.evaluate import LatencySettings
 from autoprune.experiment import DataOptions, Experiment
-from autoprune.policy import PolicyRecord
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
-from autoprune.prune import CRITERIA
-from autoprune.rebuild import check_fits, kept_channels, policy_file
-from autoprune.search import SAMPLERS, SEARCHERS, get_searcher
+from autoprune.search import SAMPLERS, SEARCHERS, get_searcher, methods_accepting, methods_where
 from autoprune.zoo.models import zoo_names
 
 
@@ -67,15 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run directory (default results/runs/<time>-<env>-<method>)")
     s.add_argument("--latency", action="store_true", help="measure every candidate's latency (implied by a latency budget)")
-    s.add_argument("--sampler", default="tpe", help=f"Optuna sampler with --method optuna: {', '.join(SAMPLERS)} (default tpe)")
+    s.add_argument("--sampler", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe; "
+                   f"{', '.join(methods_accepting('sampler'))})")
     s.add_argument("--objectives", default="acc", help="acc (default), or acc,flops / acc,latency / acc,params for a Pareto front")
     s.add_argument("--storage", help="Optuna storage URL shared by workers: sqlite:///f.db, postgresql://..., mysql://..., "
                    "or a journal file (f.log); default: study.db in the run directory")
     s.add_argument("--study-name", help="study name in the storage (default <env>-<budget>-<method>)")
-    s.add_argument("--workers", type=int, default=1, help="local worker processes on one study (--method optuna)")
+    s.add_argument("--workers", type=int, default=1,
+                   help=f"local worker processes on one study ({', '.join(methods_where('parallel'))})")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_rl(s)
-    _add_adapt(s)
+    _add_method_options(s)
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("evaluate", help="test accuracy, FLOPs, params and latency of a (pruned) network")
@@ -154,7 +161,7 @@ def _experiment(args: argparse.Namespace, config: EnvConfig, latency: bool) -> E
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``autoprune search``: run a searcher and write the run directory."""
-    from autoprune.search_run import SearchSettings, run_search
+    from autoprune.run.search import SearchSettings, run_search
 
     if args.resume:
         return _resume(args.resume, progress=not args.quiet)
@@ -167,10 +174,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     settings = SearchSettings(
         env=config.to_dict(), budget=str(budget), method=args.method, evals=args.evals, seed=args.seed,
-        sampler=args.sampler, objectives=args.objectives, storage=args.storage, study_name=args.study_name,
+        **({"sampler": args.sampler} if args.sampler else {}), objectives=args.objectives, storage=args.storage, study_name=args.study_name,
         workers=args.workers, latency=args.latency, device=_device(args.device), threads=args.threads,
         data_dir=args.data_dir, download=args.download, trust_checkpoint=args.trust_checkpoint,
-        method_options={**_rl_options(args), **_adapt_options(args)}, latency_model=args.latency_model,
+        method_options=_method_options(args), latency_model=args.latency_model,
     )
     run_dir = run_search(settings, args.out, progress=not args.quiet)
     record = PolicyRecord.load(run_dir / "policy.json")
@@ -179,78 +186,50 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_rl(s: argparse.ArgumentParser) -> None:
-    rl = s.add_argument_group("reinforcement learning (--method ddpg, td3, sac, ppo; defaults follow AMC)")
-    rl.add_argument("--warmup", type=int, metavar="N", help="episodes of random actions before learning (default 100)")
-    rl.add_argument("--noise-sigma", type=float, metavar="S", help="exploration noise, in [-1, 1] action units (default 0.5; ddpg, td3)")
-    rl.add_argument("--noise-decay", type=float, metavar="D", help="noise decay per episode after the warm-up (default 0.95; ddpg, td3)")
-    rl.add_argument("--lr-actor", type=float, metavar="LR", help="actor learning rate (default 1e-4; ppo: its one rate, 3e-4)")
-    rl.add_argument("--lr-critic", type=float, metavar="LR", help="critic learning rate (default 1e-3)")
-    rl.add_argument("--batch-size", type=int, metavar="N", help="minibatch of each update (default 64)")
-    rl.add_argument("--reward", choices=("acc", "acc-flops", "acc-latency"),
-                    help="acc (default: proxy accuracy), acc-flops or acc-latency (-error x log cost; needs --latency)")
-    rl.add_argument("--tensorboard", metavar="DIR", help="write stable-baselines3's TensorBoard logs to DIR")
-    rl.add_argument("--save-every", type=int, metavar="N", help="save the agent in the run directory every N episodes (default 10)")
-    rl.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped search in RUN_DIR with its recorded settings")
+def _add_method_options(s: argparse.ArgumentParser) -> None:
+    """One flag per setting that some registered method declares; each applies only to the methods that take it."""
+    from autoprune.core.latency_table import LATENCY_MODELS
+
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped search in RUN_DIR with its recorded settings")
+    s.add_argument("--latency-model", choices=LATENCY_MODELS, help="price a latency budget with the lookup table (lut) "
+                   "or by timing each pruned network (measure); default: the method's preference "
+                   f"(lut for {', '.join(m for m, c in SEARCHERS.items() if c.latency_model == 'lut')})")
+    g = s.add_argument_group("method settings (each applies to the methods named after it)")
+    seen: set[str] = {"--sampler"}  # a run setting of its own (config.yaml keeps it beside the method's options)
+    for option in (o for cls in SEARCHERS.values() for o in cls.options):
+        if option.cli_flag in seen:
+            continue
+        seen.add(option.cli_flag)
+        g.add_argument(option.cli_flag, dest=_dest(option.cli_flag), type=option.type, choices=option.choices,
+                       metavar=option.metavar, help=f"{option.help} ({', '.join(methods_accepting(option.name))})")
 
 
-def _rl_options(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search import RL_SEARCHERS
-
-    keys = ("warmup", "noise_sigma", "noise_decay", "lr_actor", "lr_critic", "batch_size", "reward", "tensorboard",
-            "save_every")
-    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if options and args.method not in {cls.name for cls in RL_SEARCHERS}:
-        flags = ", ".join("--" + k.replace("_", "-") for k in options)
-        raise ConfigError(f"{flags} apply only to the rl methods ({', '.join(c.name for c in RL_SEARCHERS)}), "
-                          f"not --method {args.method}")
-    return options
+def _dest(flag: str) -> str:
+    return "method_" + flag.removeprefix("--").replace("-", "_")
 
 
-def _add_adapt(s: argparse.ArgumentParser) -> None:
-    from autoprune.latency_table import LATENCY_MODELS
-    from autoprune.search.netadapt import SELECTIONS
-    from autoprune.search.sensitivity import PRIORS
-    from autoprune.sensitivity import DEFAULT_RATIOS
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method settings given on the command line, checked against what ``--method`` takes.
 
-    g = s.add_argument_group("sensitivity and NetAdapt (--method sensitivity, netadapt; --prior for optuna and rl)")
-    g.add_argument("--ratios", metavar="GRID", help=f"ratio grid of the sensitivity scan: start:stop:step or a list "
-                   f"(default {DEFAULT_RATIOS}; --method sensitivity, --prior)")
-    g.add_argument("--prior", choices=PRIORS, help="sensitivity: enqueue the sensitivity allocation as a trial (optuna), "
-                   "or narrow each unit's max ratio to where accuracy holds (rl methods)")
-    g.add_argument("--netadapt-step", type=float, metavar="F", help="first iteration's cut, a fraction of the dense cost (default 0.025)")
-    g.add_argument("--netadapt-decay", type=float, metavar="D", help="factor of the cut per iteration (default 0.98)")
-    g.add_argument("--netadapt-select", choices=SELECTIONS, help="keep the candidate with the best accuracy (acc, "
-                   "default) or the smallest accuracy drop per resource saved")
-    g.add_argument("--short-ft-steps", type=int, metavar="K", help="distillation SGD steps before scoring each NetAdapt "
-                   "candidate (default 0)")
-    g.add_argument("--latency-model", choices=LATENCY_MODELS, help="price a latency budget with the lookup table (lut: "
-                   "default for netadapt and sensitivity) or by timing each pruned network (measure: default otherwise)")
-
-
-def _adapt_options(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search import RL_SEARCHERS
-
-    netadapt = {"step": args.netadapt_step, "decay": args.netadapt_decay, "select": args.netadapt_select,
-                "short_ft_steps": args.short_ft_steps}
-    options = {k: v for k, v in netadapt.items() if v is not None}
-    if options and args.method != "netadapt":
-        flags = ", ".join(f"--{'short-ft-steps' if k == 'short_ft_steps' else 'netadapt-' + k}" for k in options)
-        raise ConfigError(f"{flags} apply only to --method netadapt, not --method {args.method}")
-    with_prior = ("optuna", *(cls.name for cls in RL_SEARCHERS))
-    if args.prior is not None:
-        if args.method not in with_prior:
-            raise ConfigError(f"--prior applies to --method {', '.join(with_prior)}, not --method {args.method}")
-        options["prior"] = args.prior
-    if args.ratios is not None:
-        if args.method != "sensitivity" and args.prior is None:
-            raise ConfigError("--ratios applies to --method sensitivity and to --prior sensitivity")
-        options["ratios"] = args.ratios
+    Raises:
+        ConfigError: for a setting the method does not take, naming the methods it applies to.
+    """
+    cls = get_searcher(args.method)
+    given = {o.name: (o.cli_flag, getattr(args, _dest(o.cli_flag)) if o.cli_flag != "--sampler" else args.sampler)
+             for c in SEARCHERS.values() for o in c.options}
+    options: dict[str, Any] = {}
+    for name, (flag, value) in given.items():
+        if value is None:
+            continue
+        if not cls.accepts(name):
+            raise ConfigError(f"{flag} applies to --method {', '.join(methods_accepting(name))}, not --method {args.method}")
+        if flag != "--sampler":
+            options[name] = value
     return options
 
 
 def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
-    from autoprune.sensitivity import DEFAULT_RATIOS
+    from autoprune.search.sensitivity_scan import DEFAULT_RATIOS
 
     p = sub.add_parser("sensitivity", help="proxy accuracy with one unit pruned at a time over a ratio grid (cached)")
     _add_common(p)
@@ -265,8 +244,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``autoprune sensitivity``: scan (or read from the cache) and write ``sensitivity.csv`` and plots."""
     from tqdm import tqdm
 
-    from autoprune.runs import new_run_dir, write_config
-    from autoprune.sensitivity import parse_ratios, scan, summary_line, write_outputs
+    from autoprune.run.directory import new_run_dir, write_config
+    from autoprune.search.sensitivity_scan import (
+        parse_ratios,
+        scan,
+        summary_line,
+        write_outputs,
+    )
 
     ratios = parse_ratios(args.ratios)
     config = _config(args)
@@ -287,7 +271,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from autoprune.bench import DEFAULT_METHODS
+    from autoprune.bench.settings import DEFAULT_METHODS
 
     b = sub.add_parser("bench", help="compare search methods on one env: same Evaluator, budgets and evaluations, "
                        "mean ± std over seeds; writes a report, a CSV and plots")
@@ -318,7 +302,8 @@ FULL = {"seeds": 3, "evals": 300, "finetune_epochs": 0, "finetune_images": None}
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``autoprune bench``: run the missing cells of a method x budget x seed matrix, then write the report."""
-    from autoprune.bench import BenchSettings, benchmark, parse_budgets
+    from autoprune.bench.harness import benchmark
+    from autoprune.bench.settings import BenchSettings, parse_budgets
 
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
     settings = BenchSettings(
@@ -336,7 +321,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _resume(run: str, progress: bool) -> int:
     import yaml
 
-    from autoprune.search_run import CONFIG_FILE, SearchSettings, run_search
+    from autoprune.run.search import CONFIG_FILE, SearchSettings, run_search
 
     config_file = Path(run) / CONFIG_FILE
     if not config_file.is_file():
@@ -361,7 +346,7 @@ def _print_record(record: PolicyRecord) -> None:
 
 def cmd_pick(args: argparse.Namespace) -> int:
     """``autoprune pick``: the best recorded policy of a finished run under another budget."""
-    from autoprune.search_run import pick
+    from autoprune.run.search import pick
 
     out_dir, record = pick(args.run, args.budget, args.out)
     _print_record(record)
@@ -383,7 +368,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("optuna-dashboard is not installed; pip install 'autoprune[dashboard]'") from None
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {url} (Ctrl-C to stop)")
-    from autoprune.study import open_storage
+    from autoprune.run.study import open_storage
 
     optuna_dashboard.run_server(open_storage(url, Path(args.run)), host=args.host, port=args.port)
     return 0
@@ -446,12 +431,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     record, config, exp = _load_policy(args)
     network = exp.evaluator.pruner.prune(kept_channels(record, exp.space))
     if args.state_dict:
-        from autoprune.rebuild import load_state_dict_checked
+        from autoprune.core.rebuild import load_state_dict_checked
 
         load_state_dict_checked(network, args.state_dict)
     recalibrate = args.state_dict is None if args.recalibrate is None else args.recalibrate
     if recalibrate:
-        from autoprune.proxy import recalibrate_batchnorm
+        from autoprune.core.proxy import recalibrate_batchnorm
 
         recalibrate_batchnorm(network, exp.evaluator.proxy.calibration)
     network = network.cpu().eval()
@@ -465,7 +450,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _add_finetune_export(sub: argparse._SubParsersAction) -> None:
-    from autoprune.export import FORMATS
+    from autoprune.export.formats import FORMATS
     from autoprune.presets import RECOVERY_METHODS
 
     f = sub.add_parser("finetune", help="recover and fine-tune a policy's pruned network, then save it for deployment")
@@ -500,8 +485,8 @@ def _add_finetune_export(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """``autoprune finetune``: recover, fine-tune, report and save a policy's network."""
-    from autoprune.finetune import FinetuneSettings
-    from autoprune.finetune_run import FinetuneJob, run_finetune
+    from autoprune.finetune.run import FinetuneJob, run_finetune
+    from autoprune.finetune.trainer import FinetuneSettings
 
     policy = policy_file(args.policy)
     settings = FinetuneSettings(
@@ -524,9 +509,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``autoprune export``: a policy as Torch-Pruning ratios, an NNI config list or a CSV table."""
-    from autoprune.export import FORMATS, export_policy
+    from autoprune.core.space import SearchSpace
+    from autoprune.export.formats import FORMATS, export_policy
     from autoprune.presets import load_space
-    from autoprune.space import SearchSpace
     from autoprune.zoo.models import build_model
 
     if args.format not in FORMATS:
@@ -560,7 +545,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     """``autoprune list``: presets, search spaces, methods and models."""
     print(f"env presets:    {', '.join(env_names())}")
     print(f"search spaces:  {', '.join(space_names())}")
-    print(f"methods:        {', '.join(SEARCHERS)} (optuna samplers: {', '.join(SAMPLERS)})")
+    print(f"methods:        {', '.join(SEARCHERS)}")
+    for name, cls in SEARCHERS.items():
+        variant = next((o for o in cls.options if o.name == cls.variant_option), None)
+        choices = f" ({variant.name}: {', '.join(variant.choices or ())})" if variant else ""
+        print(f"  {name:<13} {cls.summary}{choices}")
     print(f"models:         {', '.join(zoo_names())}")
     return 0
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.core.cost import LatencySettings
+from autoprune.core.evaluator import Evaluator
+from autoprune.core.proxy import Proxy, predict, recalibrate_batchnorm
+from autoprune.core.reconstruct import Reconstructor
+from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.evaluate import Evaluator, LatencySettings
 from autoprune.presets import EnvConfig, load_space
-from autoprune.proxy import Proxy, predict, recalibrate_batchnorm
-from autoprune.reconstruct import Reconstructor
-from autoprune.space import SearchSpace
 from autoprune.zoo.datasets import CIFAR10_MEAN, CIFAR10_STD, load_split
 from autoprune.zoo.digits import pretrained_digits_cnn
 from autoprune.zoo.images import ImageSet

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
+from autoprune.core.space import SpaceConfig
 from autoprune.errors import ConfigError
-from autoprune.space import SpaceConfig
 
 DEFAULT_ENV = "digits-demo"
 SPLIT_ROLES = {"proxy", "report", "calibration"}

@@ -12,15 +12,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autoprune.bench import (DEFAULT_METHODS, BenchSettings, benchmark, netadapt_step, parse_budgets, parse_method,
-                             run_bench)
-from autoprune.bench_report import COLUMNS, cells_frame, comparison_table, measured_on
-from autoprune.budget import Budget
+from autoprune.bench.harness import benchmark, run_bench
+from autoprune.bench.report import COLUMNS, cells_frame, comparison_table, measured_on
+from autoprune.bench.settings import (
+    DEFAULT_METHODS,
+    BenchSettings,
+    parse_budgets,
+    parse_method,
+)
 from autoprune.cli import main
-from autoprune.cost import fvcore_flops
+from autoprune.core.budget import Budget
+from autoprune.core.cost import fvcore_flops
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
+from autoprune.search import get_searcher
 
 BUDGETS = ("0.3flops", "0.5flops", "0.7flops")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -145,6 +151,10 @@ def test_parse_budgets_and_methods():
     for bad in ("optuna", "optuna-foo", "a2c", "ddpg+foo", "random+sensitivity"):
         with pytest.raises(ConfigError):
             parse_method(bad)
+
+
+def netadapt_step(budget: Budget, units: int, evals: int) -> float:
+    return get_searcher("netadapt").benchmark_options(budget, evals, units)["step"]
 
 
 def test_netadapt_step_fits_the_evaluations():

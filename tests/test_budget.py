@@ -1,6 +1,6 @@
 import pytest
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
 from autoprune.errors import BudgetError
 
 

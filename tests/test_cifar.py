@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
 from autoprune.search import get_searcher

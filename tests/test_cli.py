@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import torch
 
-from autoprune.cost import fvcore_flops
-from autoprune.policy import PolicyRecord
+from autoprune.core.cost import fvcore_flops
+from autoprune.core.policy import PolicyRecord
 
 
 def test_main_command_then_evaluate_and_apply(cli, tmp_path):

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from autoprune.cost import CostModel, count_params, fvcore_flops, measure_latency
-from autoprune.prune import Pruner
-from autoprune.space import SearchSpace, SpaceConfig
+from autoprune.core.cost import CostModel, count_params, fvcore_flops, measure_latency
+from autoprune.core.prune import Pruner
+from autoprune.core.space import SearchSpace, SpaceConfig
 from tests.conftest import WEIGHTS_DIR, needs_weights
 from tests.helpers import NETWORKS, count_macs, network
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
+from autoprune.core.threads import torch_threads
 from autoprune.errors import ConfigError, DataError
-from autoprune.threads import torch_threads
 from autoprune.zoo import datasets
 from autoprune.zoo.datasets import load_split
 from autoprune.zoo.digits import load_digits_split, pretrained_digits_cnn

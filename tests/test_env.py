@@ -12,13 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autoprune.budget import Budget
-from autoprune.cost import count_params, fvcore_flops
-from autoprune.env import ENV_ID, FEATURES, ChannelPruningEnv
-from autoprune.errors import AutopruneError, BudgetError, ConfigError, UnsupportedModelError
-from autoprune.evaluate import Candidate
+from autoprune.core.budget import Budget
+from autoprune.core.cost import count_params, fvcore_flops
+from autoprune.core.evaluator import Candidate
+from autoprune.errors import (
+    AutopruneError,
+    BudgetError,
+    ConfigError,
+    UnsupportedModelError,
+)
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
+from autoprune.search.rl.env import ENV_ID, FEATURES, ChannelPruningEnv
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 
 import torch
 
-from autoprune.evaluate import Evaluator, LatencySettings
+from autoprune.core.cost import LatencySettings
+from autoprune.core.evaluator import Evaluator
+from autoprune.core.policy import Policy
+from autoprune.core.proxy import Proxy, recalibrate_batchnorm
+from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.experiment import Experiment
-from autoprune.policy import Policy
 from autoprune.presets import load_env
-from autoprune.proxy import Proxy, recalibrate_batchnorm
-from autoprune.space import SearchSpace, SpaceConfig
 from autoprune.zoo.digits import DigitsCNN, load_digits_split, pretrained_digits_cnn
 from autoprune.zoo.images import ImageSet
 

@@ -18,9 +18,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.artifacts import save_network
 from autoprune.cli import main
-from autoprune.export import (
+from autoprune.core.graph import CUSTOMIZED_PRUNERS
+from autoprune.core.policy import PolicyRecord
+from autoprune.core.prune import Pruner, importance_of
+from autoprune.core.space import SearchSpace
+from autoprune.export.artifacts import save_network
+from autoprune.export.formats import (
     csv_table,
     flops_shares,
     nni2_config_list,
@@ -29,11 +33,7 @@ from autoprune.export import (
     torch_pruning_ratio,
     torch_pruning_ratio_dict,
 )
-from autoprune.graph import CUSTOMIZED_PRUNERS
-from autoprune.policy import PolicyRecord
 from autoprune.presets import load_space
-from autoprune.prune import Pruner, importance_of
-from autoprune.space import SearchSpace
 from tests.conftest import WEIGHTS_DIR, needs_weights
 from tests.helpers import count_macs, edited_policy, network, rename_first_unit
 

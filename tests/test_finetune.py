@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import autoprune.finetune
-from autoprune.augment import Augmentation, augmentation_for
+import autoprune.finetune.trainer
 from autoprune.cli import main
+from autoprune.core.policy import Policy, PolicyRecord
+from autoprune.core.proxy import recalibrate_batchnorm
+from autoprune.core.rebuild import kept_channels
+from autoprune.core.reconstruct import Reconstructor
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
-from autoprune.finetune import Finetuner, FinetuneSettings, distillation_loss
-from autoprune.policy import Policy, PolicyRecord
+from autoprune.finetune.augment import Augmentation, augmentation_for
+from autoprune.finetune.trainer import Finetuner, FinetuneSettings, distillation_loss
 from autoprune.presets import load_env
-from autoprune.proxy import recalibrate_batchnorm
-from autoprune.rebuild import kept_channels
-from autoprune.reconstruct import Reconstructor
 from tests.conftest import needs_cifar
 from tests.helpers import edited_policy, rename_first_unit
 
@@ -74,18 +74,18 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(cli, tmp_path, po
     code, _, err = cli(*args, "--out", "full")
     assert code == 0, err
 
-    real = autoprune.finetune.Finetuner.train_epoch
+    real = autoprune.finetune.trainer.Finetuner.train_epoch
 
     def interrupted(self):
         if self.epoch == 1:
             raise KeyboardInterrupt
         return real(self)
 
-    monkeypatch.setattr(autoprune.finetune.Finetuner, "train_epoch", interrupted)
+    monkeypatch.setattr(autoprune.finetune.trainer.Finetuner, "train_epoch", interrupted)
     code, _, err = cli(*args, "--out", "part")
     assert code == 130
     assert {p.name for p in (tmp_path / "part").iterdir()} == {"checkpoint.pt"}
-    monkeypatch.setattr(autoprune.finetune.Finetuner, "train_epoch", real)
+    monkeypatch.setattr(autoprune.finetune.trainer.Finetuner, "train_epoch", real)
     code, _, err = cli(*args, "--out", "part", "--resume")
     assert code == 0, err
     full = torch.load(tmp_path / "full" / "state_dict.pt", weights_only=True)
@@ -214,7 +214,7 @@ def test_finetune_refuses_non_empty_out(fails, tmp_path, policy):
 
 
 def test_finetune_onnx_without_packages(fails, policy, monkeypatch):
-    monkeypatch.setattr("autoprune.artifacts.ONNX_PACKAGES", ("onnx", "autoprune_no_such_package"))
+    monkeypatch.setattr("autoprune.export.artifacts.ONNX_PACKAGES", ("onnx", "autoprune_no_such_package"))
     assert "autoprune[onnx]" in fails("finetune", str(policy), "--out", "out", "--onnx")
 
 

@@ -6,13 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.budget import Budget
-from autoprune.cost import resolve_device
+from autoprune.core.budget import Budget
+from autoprune.core.cost import LatencySettings, resolve_device
+from autoprune.core.latency_table import (
+    LATENCY_MODELS,
+    Interaction,
+    LatencyTable,
+    latency_table_for,
+    resolve_latency_model,
+)
+from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.errors import ConfigError
-from autoprune.evaluate import LatencySettings
-from autoprune.latency_table import (LATENCY_MODELS, Interaction, LatencyTable, latency_table_for,
-                                     resolve_latency_model)
-from autoprune.space import SearchSpace, SpaceConfig
+from autoprune.search import get_searcher
 
 FAST = LatencySettings(repeats=5, warmup=1)
 
@@ -64,7 +69,7 @@ def test_measured_table_is_anchored_at_the_dense_latency(chain):
 def test_builder_fits_the_calibration_scale_to_fixed_timings(monkeypatch):
     """Timings injected into the builder: each unit saves 1 ms per quarter of its channels removed,
     whole networks measure 1.5x the summed savings, so the scale is 1.5 and predictions fall with channels."""
-    import autoprune.latency_table as lt
+    import autoprune.core.latency_table as lt
 
     torch.manual_seed(0)
     model, x = Chain().eval(), torch.randn(1, 3, 32, 32)
@@ -126,15 +131,15 @@ def test_second_request_reads_the_cache(chain, monkeypatch):
 
 def test_latency_model_defaults_and_errors():
     latency, flops = Budget.parse("0.6latency"), Budget.parse("0.5flops")
-    assert resolve_latency_model(None, "netadapt", latency) == "lut"
-    assert resolve_latency_model(None, "sensitivity", latency) == "lut"
-    assert resolve_latency_model(None, "random", latency) == "measure"
-    assert resolve_latency_model("lut", "random", latency) == "lut"
-    assert resolve_latency_model(None, "netadapt", flops) is None
+    assert resolve_latency_model(None, get_searcher("netadapt").latency_model, latency) == "lut"
+    assert resolve_latency_model(None, get_searcher("sensitivity").latency_model, latency) == "lut"
+    assert resolve_latency_model(None, get_searcher("random").latency_model, latency) == "measure"
+    assert resolve_latency_model("lut", get_searcher("random").latency_model, latency) == "lut"
+    assert resolve_latency_model(None, get_searcher("netadapt").latency_model, flops) is None
     with pytest.raises(ConfigError, match="applies to latency budgets"):
-        resolve_latency_model("lut", "netadapt", flops)
+        resolve_latency_model("lut", get_searcher("netadapt").latency_model, flops)
     with pytest.raises(ConfigError, match="'fast'"):
-        resolve_latency_model("fast", "netadapt", latency)
+        resolve_latency_model("fast", get_searcher("netadapt").latency_model, latency)
     assert LATENCY_MODELS == ("lut", "measure")
 
 

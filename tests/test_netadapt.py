@@ -5,14 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.cost import LatencySettings
+from autoprune.core.latency_table import LatencyTable
 from autoprune.errors import ConfigError
-from autoprune.evaluate import LatencySettings
 from autoprune.experiment import Experiment
-from autoprune.latency_table import LatencyTable
+from autoprune.finetune.short import ShortFinetune
 from autoprune.presets import load_env
 from autoprune.search import NetAdaptSearcher, RandomSearcher
-from autoprune.short_finetune import ShortFinetune
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import optuna
 import pandas as pd
 import pytest
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.policy import PolicyRecord
 from autoprune.experiment import Experiment
-from autoprune.policy import PolicyRecord
 from autoprune.presets import load_env
-from autoprune.runs import pareto_front
+from autoprune.run.directory import pareto_front
+from autoprune.run.study import counted, open_storage
 from autoprune.search import SAMPLERS, OptunaSearcher
-from autoprune.study import counted, open_storage
 
 
 @pytest.fixture(scope="module")

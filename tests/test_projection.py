@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoprune.cost import CostModel, fvcore_flops
+from autoprune.core.cost import CostModel, fvcore_flops
+from autoprune.core.projection import project
+from autoprune.core.prune import Pruner
+from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.errors import BudgetError
-from autoprune.projection import project
-from autoprune.prune import Pruner
-from autoprune.space import SearchSpace, SpaceConfig
 from tests.conftest import WEIGHTS_DIR, needs_weights
 from tests.helpers import network
 

@@ -1,12 +1,20 @@
 """The pruner: shapes, determinism, rebuild equality, and exactness of the option-A shortcut pruning."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
+import torch_pruning as tp
 
-from autoprune.policy import PolicyRecord
-from autoprune.prune import CRITERIA, Pruner
-from autoprune.space import SearchSpace, SpaceConfig
+from autoprune.core.evaluator import Evaluator
+from autoprune.core.policy import PolicyRecord
+from autoprune.core.proxy import Proxy
+from autoprune.core.prune import CRITERIA, Pruner
+from autoprune.core.space import SearchSpace, SpaceConfig
+from autoprune.errors import ConfigError
 from autoprune.zoo.cifar_resnet import ChannelScatterShortcut
+from autoprune.zoo.digits import load_digits_split
 from tests.conftest import WEIGHTS_DIR, needs_weights
 from tests.helpers import NETWORKS, network
 
@@ -57,7 +65,7 @@ def test_base_model_is_never_changed():
 def test_criterion_removes_least_important_channels(criterion):
     model, x = network("digits-cnn")
     space = SearchSpace.from_model(model, x, SpaceConfig())
-    pruner = Pruner(model, x, space, criterion)
+    pruner = Pruner(model, x, space, criterion, calibration=_digits()[0])  # images only used by taylor
     conv = model.features[0]
     removed = pruner.removed_channels("features.0", kept=20)
     assert len(removed) == 12 and removed == sorted(removed)
@@ -91,3 +99,106 @@ def test_coupled_residual_pruning_is_exact_when_removed_channels_are_dead():
                     alive = ~torch.isin(module.dst, torch.tensor(dead))
                     module.src, module.dst = module.src[alive], module.dst[alive]
         assert torch.allclose(pruned.eval()(x), model.eval()(x), atol=1e-4)
+
+
+def _digits(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_digits_split("train").batch(slice(0, n))
+
+
+def _digits_setup():
+    model, x = network("digits-cnn")
+    return model, x, SearchSpace.from_model(model, x, SpaceConfig())
+
+
+@pytest.mark.parametrize("criterion", list(CRITERIA))
+def test_every_registered_criterion_prunes_to_the_policy(criterion):
+    model, x, space = _digits_setup()
+    pruner = Pruner(model, x, space, criterion, calibration=_digits()[0])
+    assert pruner.criterion == criterion
+    kept = {u.name: u.kept(0.25 + 0.5 * (i % 2)) for i, u in enumerate(space.units)}
+    pruned = pruner.prune(kept)
+    modules = dict(pruned.named_modules())
+    assert {u.name: modules[u.name].out_channels for u in space.units} == kept
+    with torch.no_grad():
+        assert pruned(x).shape == (1, 10)
+
+
+def test_lamp_and_taylor_choose_other_channels_than_l1():
+    model, x, space = _digits_setup()
+    images, labels = _digits()
+    half = {u.name: u.channels // 2 for u in space.units}
+    removed = {c: {n: Pruner(model, x, space, c, calibration=images, calibration_labels=labels).removed_channels(n, k)
+                   for n, k in half.items()} for c in ("l1", "l2", "lamp", "taylor")}
+    assert any(removed["lamp"][n] != removed["l1"][n] for n in half)
+    assert any(removed["taylor"][n] != removed["l1"][n] for n in half)
+    assert removed["lamp"] == removed["l2"]  # LAMP's per-layer normalisation keeps the L2 order inside a unit
+
+    # taylor on the last conv: mean over its group (conv output, fc input) of |w * dL/dw|, the loss on the labels
+    dense = copy.deepcopy(model)
+    F.cross_entropy(dense(images), labels).backward()
+    conv, fc = dense.features[13], dense.fc
+    score = ((conv.weight * conv.weight.grad).abs().flatten(1).sum(1) + (fc.weight * fc.weight.grad).abs().sum(0)) / 2
+    assert removed["taylor"]["features.13"] == sorted(torch.argsort(score)[:64].tolist())
+
+
+def test_taylor_loss_without_labels_is_on_own_predictions():
+    model, x, space = _digits_setup()
+    images, _ = _digits()
+    with torch.no_grad():
+        own = model(images).argmax(1)
+    plain = Pruner(model, x, space, "taylor", calibration=list(images.split(32)))
+    labelled = Pruner(model, x, space, "taylor", calibration=images, calibration_labels=own)
+    assert plain._order == labelled._order
+
+
+def test_importance_object_is_accepted_and_recorded_by_class_name(tmp_path):
+    model, x, space = _digits_setup()
+    kept = {u.name: u.kept(0.5) for u in space.units}
+    custom = Pruner(model, x, space, tp.importance.GroupMagnitudeImportance(p=1))
+    assert custom.criterion == "GroupMagnitudeImportance"
+    assert _same(custom.prune(kept), Pruner(model, x, space, "l1").prune(kept))
+    record = PolicyRecord(ratios=dict(space.policy_from_kept(kept)),
+                          channels={u.name: {"dense": u.channels, "kept": kept[u.name]} for u in space.units},
+                          model="digits-cnn", input_shape=list(x.shape), criterion=custom.criterion, round_to={})
+    record.save(tmp_path / "policy.json")
+    assert PolicyRecord.load(tmp_path / "policy.json").criterion == "GroupMagnitudeImportance"
+
+
+def test_unknown_criterion_names_the_valid_ones():
+    model, x, space = _digits_setup()
+    with pytest.raises(ConfigError, match="'nope'.*l1, l2, bn_scale, lamp, taylor"):
+        Pruner(model, x, space, "nope")
+
+
+def test_taylor_without_calibration_images_is_a_clear_error():
+    model, x, space = _digits_setup()
+    for calibration in (None, [], torch.empty(0, 1, 8, 8)):
+        with pytest.raises(ConfigError, match="criterion 'taylor' needs calibration images"):
+            Pruner(model, x, space, "taylor", calibration=calibration)
+    proxy = Proxy(load_digits_split("train"), load_digits_split("val"), calibration_batches=0)
+    with pytest.raises(ConfigError, match="criterion 'taylor' needs calibration images"):
+        Evaluator(model, x, space, proxy, "taylor")
+
+
+def test_taylor_leaves_the_dense_model_and_its_gradients_alone():
+    model, x, space = _digits_setup()
+    images, _ = _digits()
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 7.0)  # a stale gradient the user left behind
+    model.features[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    order = Pruner(model, x, space, "taylor", calibration=images)._order
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 7.0))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
+    assert not model.features[0].weight.requires_grad
+    fresh, _, _ = _digits_setup()  # the stale gradient does not leak into the scores
+    assert Pruner(fresh, x, space, "taylor", calibration=images)._order == order
+
+
+def test_evaluator_gives_taylor_the_proxy_calibration_images():
+    model, x, space = _digits_setup()
+    proxy = Proxy(load_digits_split("train"), load_digits_split("val"), calibration_batches=2, batch_size=32)
+    evaluator = Evaluator(model, x, space, proxy, "taylor")
+    direct = Pruner(model, x, space, "taylor", calibration=proxy.calibration)
+    assert evaluator.pruner.criterion == "taylor" and evaluator.pruner._order == direct._order
+    assert evaluator.pruner._order != Pruner(model, x, space, "l1")._order

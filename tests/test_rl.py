@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from autoprune.budget import Budget
-from autoprune.cost import fvcore_flops
+from autoprune.core.budget import Budget
+from autoprune.core.cost import fvcore_flops
+from autoprune.core.evaluator import Evaluator
+from autoprune.core.policy import PolicyRecord
 from autoprune.errors import ConfigError
-from autoprune.evaluate import Evaluator
 from autoprune.experiment import Experiment
-from autoprune.policy import PolicyRecord
 from autoprune.presets import load_env
 from autoprune.search import get_searcher
 
@@ -48,7 +48,7 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
 def test_replay_buffer_centres_terminal_rewards():
     import gymnasium
 
-    from autoprune.search.agents import CenteredReplayBuffer
+    from autoprune.search.rl.agents import CenteredReplayBuffer
 
     box = gymnasium.spaces.Box(0.0, 1.0, (2,), np.float32)
     buffer = CenteredReplayBuffer(20, box, gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32), device="cpu")
@@ -71,8 +71,8 @@ def test_replay_buffer_centres_terminal_rewards():
     (["--method", "a2c"], "ddpg, td3, sac, ppo"),
     (["--method", "ddpg", "--episodes", "5"], "--episodes 5 is fewer than the warm-up of 100 episodes"),
     (["--method", "td3", "--episodes", "5", "--warmup", "6"], "--episodes 5 is fewer than the warm-up of 6"),
-    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--noise-sigma", "0.3"], "--noise-sigma does not apply to --method sac"),
-    (["--method", "random", "--warmup", "1"], "--warmup apply only to the rl methods"),
+    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--noise-sigma", "0.3"], "--noise-sigma applies to --method ddpg, td3, not --method sac"),
+    (["--method", "random", "--warmup", "1"], "--warmup applies to --method ddpg, td3, sac, not --method random"),
     (["--method", "ddpg", "--episodes", "5", "--warmup", "1", "--noise-decay", "1.5"], "--noise-decay must be in (0, 1], got 1.5"),
     (["--method", "ddpg", "--episodes", "5", "--warmup", "-1"], "--warmup must be >= 0"),
     (["--method", "ppo", "--lr-actor", "0"], "--lr-actor must be > 0, got 0.0"),
@@ -107,7 +107,7 @@ def test_cli_ddpg_search_records_every_episode_and_meets_the_budget(cli, tmp_pat
 
 
 def test_resume_continues_from_the_saved_agent(cli, tmp_path, monkeypatch):
-    from autoprune.search.agents import AMCDDPG
+    from autoprune.search.rl.agents import AMCDDPG
 
     evaluate = Evaluator.evaluate
     calls = {"n": 0}

@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
-from autoprune.budget import Budget
-from autoprune.cost import fvcore_flops
+from autoprune.core.budget import Budget
+from autoprune.core.cost import fvcore_flops
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
-from autoprune.runs import TrialRecorder
+from autoprune.run.directory import TrialRecorder
 from autoprune.search import SEARCHERS, get_searcher
 
 EVALS = 6
@@ -66,8 +66,8 @@ def test_every_candidate_is_recorded(digits, method, tmp_path):
 
 
 def test_trial_numbers_count_rows_over_workers_and_resumes(tmp_path):
-    from autoprune.evaluate import Candidate
-    from autoprune.policy import Policy
+    from autoprune.core.evaluator import Candidate
+    from autoprune.core.policy import Policy
 
     def candidate(reason: str = "") -> Candidate:
         return Candidate(0, Policy({"a": 0.5}), {"a": 4}, "fail" if reason else "ok", None if reason else 0.9,

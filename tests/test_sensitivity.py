@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoprune.allocation import allocate, predicted_drop
-from autoprune.budget import Budget
-from autoprune.cost import fvcore_flops
+from autoprune.core.budget import Budget
+from autoprune.core.cost import fvcore_flops
+from autoprune.core.projection import project
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
-from autoprune.projection import project
 from autoprune.search import get_searcher
+from autoprune.search.allocation import allocate, predicted_drop
 from autoprune.search.sensitivity import scan_options
-from autoprune.sensitivity import parse_ratios, scan, scan_key
+from autoprune.search.sensitivity_scan import parse_ratios, scan, scan_key
 from tests.conftest import needs_cifar
 
 GRID = (0.3, 0.6, 0.8)

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.errors import ConfigError, UnsupportedModelError
 from autoprune.presets import load_space, space_names
-from autoprune.space import SearchSpace, SpaceConfig
 from tests.helpers import network
 
 

@@ -1,4 +1,4 @@
-"""``python -m autoprune.benchmarks.warmup``: where the rl warm-up and random search put the cut, on the digits demo."""
+"""``python -m autoprune.bench.studies.warmup``: where the rl warm-up and random search put the cut, on the digits demo."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.benchmarks import warmup
-from autoprune.budget import Budget
+from autoprune.bench.studies import warmup
+from autoprune.core.budget import Budget
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
 
@@ -48,7 +48,7 @@ def test_blocks_are_top_level_modules():
 def test_report_and_plot(tmp_path: Path):
     assert warmup.main(["--env", "digits-demo", "--budgets", "0.4,0.6", "--episodes", "10", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "warmup-digits-demo.md").read_text()
-    assert "- command: `python -m autoprune.benchmarks.warmup --env digits-demo" in md
+    assert "- command: `python -m autoprune.bench.studies.warmup --env digits-demo" in md
     rows = [r for r in md.splitlines() if r.startswith("| 0.")]
     assert [r.split(" | ")[:2] for r in rows] == [["| 0.4flops", s] for s in warmup.SAMPLERS] + [
         ["| 0.6flops", s] for s in warmup.SAMPLERS]
@@ -69,5 +69,5 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys, args, message):
         warmup.main(["--env", "digits-demo", "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("python -m autoprune.benchmarks.warmup: error:") and message in err
+    assert err.count("\n") == 1 and err.startswith("python -m autoprune.bench.studies.warmup: error:") and message in err
     assert not (tmp_path / "out").exists()

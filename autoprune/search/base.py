@@ -6,6 +6,11 @@ loop (a reinforcement-learning agent stepping an environment) overrides :meth:`S
 calls :meth:`Searcher.evaluate` for each policy instead. :meth:`Searcher.evaluate` validates each
 proposal against the search space, evaluates it, marks whether it meets the budget, tracks the best
 candidate and reports progress. A searcher never prunes or scores a network itself.
+
+What the rest of autoprune needs to know about a method lives on its class as traits (class
+attributes and class methods): whether it is deterministic, whether its evaluations are episodes,
+whether workers can share its study, which options it takes, which latency model it prefers. No
+module outside :mod:`autoprune.search` names a method or tests a searcher's class.
 """
 
 from __future__ import annotations
@@ -14,15 +19,42 @@ import time
 from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.policy import Policy
+from autoprune.core.projection import check_reachable, project
 from autoprune.errors import ConfigError
-from autoprune.evaluate import Candidate, Evaluator
-from autoprune.policy import Policy
-from autoprune.projection import check_reachable, project
+
+
+@dataclass(frozen=True)
+class SearchOption:
+    """A setting of a method, as the command line offers it and the searcher's constructor takes it.
+
+    Attributes:
+        name: the keyword argument of the searcher's constructor.
+        help: one line for ``--help`` (say the default).
+        type: converts the command-line text.
+        choices: the allowed values, if a fixed set.
+        metavar: the value's name in ``--help``.
+        flag: the command-line flag (default ``--`` and the name with dashes).
+    """
+
+    name: str
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    flag: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        """The command-line flag."""
+        return self.flag or "--" + self.name.replace("_", "-")
 
 
 @dataclass
@@ -58,6 +90,62 @@ class Searcher(ABC):
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    """One line for ``autoprune list`` and ``--help``."""
+    options: ClassVar[tuple[SearchOption, ...]] = ()
+    """The method's own settings (keyword arguments of the constructor), offered on the command line."""
+    deterministic: ClassVar[bool] = False
+    """Every seed makes the same search (a benchmark runs one seed)."""
+    episodic: ClassVar[bool] = False
+    """Each evaluation ends an episode of an agent (``--episodes``)."""
+    progress_unit: ClassVar[str] = "eval"
+    """What one step of the progress bar is."""
+    parallel: ClassVar[bool] = False
+    """Several worker processes can share its study (``--workers``, ``--storage``)."""
+    resumable: ClassVar[bool] = False
+    """Rerunning the same command continues a stopped run."""
+    multi_objective: ClassVar[bool] = False
+    """It can search a Pareto front (``--objectives acc,flops``)."""
+    exact_cost_only: ClassVar[bool] = False
+    """It needs a budget metric whose cost is known exactly before measuring (not measured latency)."""
+    latency_model: ClassVar[str] = "measure"
+    """How it prefers a latency budget priced: ``measure`` each network or the ``lut`` lookup table."""
+    baseline: ClassVar[bool] = False
+    """Benchmark reports compare every other method against it."""
+    variant_option: ClassVar[str | None] = None
+    """A benchmark spec ``<name>-<value>`` sets this option (``optuna-tpe``: the sampler)."""
+
+    @classmethod
+    def accepts(cls, option: str) -> bool:
+        """Whether the method takes the setting ``option``."""
+        return any(o.name == option for o in cls.options)
+
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any], *, sampler: str, objectives: tuple[str, ...]) -> dict[str, Any]:
+        """The constructor's keyword arguments from a run's settings.
+
+        Raises:
+            ConfigError: for objectives the method cannot search.
+        """
+        if objectives != ("acc",) and not cls.multi_objective:
+            raise ConfigError(f"--objectives {','.join(objectives)} needs a method that searches a Pareto front, "
+                              f"not --method {cls.name}")
+        return dict(options)
+
+    @classmethod
+    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
+        """Whether a search with these options reads the layer-sensitivity scan."""
+        return False
+
+    @classmethod
+    def benchmark_options(cls, budget: Budget, evals: int, units: int | None) -> dict[str, Any]:
+        """Options a benchmark cell sets so that the method fits ``evals`` evaluations (on a space of ``units``
+        units, once the space is known)."""
+        return {}
+
+    def attach_run(self, run_dir: Path, study: Any, storage: Any) -> None:
+        """Called before :meth:`search` by a command-line run: where its files go, and the run's study."""
+        self.run_dir = run_dir
 
     def __init__(self, evaluator: Evaluator, budget: Budget, evals: int = 100, seed: int = 0) -> None:
         if evals < 1:
@@ -68,6 +156,7 @@ class Searcher(ABC):
         self.evals = evals
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.run_dir: Path | None = None
         self.cost = evaluator.cost_of(budget.metric)
         self.limit = budget.limit(evaluator.dense_cost(budget.metric)) if budget.relative else budget.value
         check_reachable(self.space, self.cost, self.limit, str(budget))
@@ -78,7 +167,7 @@ class Searcher(ABC):
         return self.evals
 
     def project(self, shape: Mapping[str, float], fill: bool = True) -> Policy:
-        """Scale a policy shape onto the budget (see :func:`autoprune.projection.project`).
+        """Scale a policy shape onto the budget (see :func:`autoprune.core.projection.project`).
 
         Leftover budget is not filled one channel at a time for measured latency: it is too noisy at
         that granularity and each step would cost a measurement. A latency lookup table's predictions

@@ -17,10 +17,10 @@ measured-to-predicted ratio and the search goes on, so the returned policy meets
 
 NetAdapt is deterministic (the seed is unused). ``evals`` caps the evaluations: when the next
 iteration would not fit, the evaluations left go to the current network and then to the last
-iteration's runners-up, each projected onto the budget (:func:`~autoprune.projection.project`), so
+iteration's runners-up, each projected onto the budget (:func:`~autoprune.core.projection.project`), so
 a policy within the budget is always returned. When the
 budget is met with FLOPs or params left, a final candidate hands them out one rounding step at a time
-(:func:`~autoprune.projection.fill_budget`). Intermediate candidates are above the budget by design. The
+(:func:`~autoprune.core.projection.fill_budget`). Intermediate candidates are above the budget by design. The
 history (``iteration, unit, kept, resource, accuracy, chosen, ...``) is kept in :attr:`history` and
 written to ``netadapt.csv`` in the run directory after every iteration.
 """
@@ -33,13 +33,13 @@ from typing import Any
 
 import pandas as pd
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.policy import Policy
+from autoprune.core.projection import fill_budget
 from autoprune.errors import ConfigError
-from autoprune.evaluate import Candidate, Evaluator
-from autoprune.policy import Policy
-from autoprune.projection import fill_budget
-from autoprune.search.base import Searcher
-from autoprune.short_finetune import ShortFinetune
+from autoprune.finetune.short import ShortFinetune
+from autoprune.search.base import Searcher, SearchOption
 
 SELECTIONS = ("acc", "drop-per-cost")
 
@@ -67,6 +67,33 @@ class NetAdaptSearcher(Searcher):
     """
 
     name = "netadapt"
+    summary = "greedy, step by step (NetAdapt)"
+    deterministic = True
+    latency_model = "lut"
+    options = (
+        SearchOption("step", "first iteration's cut, a fraction of the dense cost (default 0.025)", float,
+                     metavar="F", flag="--netadapt-step"),
+        SearchOption("decay", "factor of the cut per iteration (default 0.98)", float, metavar="D",
+                     flag="--netadapt-decay"),
+        SearchOption("select", "keep the candidate with the best accuracy (acc, default) or the smallest accuracy "
+                     "drop per resource saved", choices=SELECTIONS, flag="--netadapt-select"),
+        SearchOption("short_ft_steps", "distillation SGD steps before scoring each candidate (default 0)", int,
+                     metavar="K"),
+    )
+
+    @classmethod
+    def benchmark_options(cls, budget: Budget, evals: int, units: int | None) -> dict[str, Any]:
+        """The first step sized so that the iterations (one evaluation per unit each) fit ``evals``.
+
+        A relative budget needs a reduction of ``1 - value`` of the dense cost; spread over
+        ``evals / units`` iterations (at least the default 0.025, at most 0.5). Nothing before the
+        space's size is known.
+        """
+        if units is None:
+            return {}
+        reduction = 1.0 - budget.value if budget.relative else 0.5
+        iterations = max(1, evals // max(1, units) - 1)
+        return {"step": min(0.5, max(0.025, reduction / iterations))}
 
     def __init__(self, evaluator: Evaluator, budget: Budget, evals: int = 100, seed: int = 0, *,
                  step: float = 0.025, decay: float = 0.98, select: str = "acc", short_ft_steps: int = 0,

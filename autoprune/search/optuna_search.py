@@ -12,18 +12,33 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import Trial, TrialState
 
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.evaluator import Evaluator
+from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.evaluate import Evaluator
-from autoprune.policy import Policy
-from autoprune.search.base import Searcher
-from autoprune.search.sensitivity import DEFAULT_RATIOS, check_prior, sensitivity_allocation
-from autoprune.study import candidate_attrs, counted, objective_values, open_study, unit_distributions, worker_id
+from autoprune.run.study import (
+    candidate_attrs,
+    counted,
+    has_heartbeat,
+    objective_values,
+    open_study,
+    unit_distributions,
+    worker_id,
+)
+from autoprune.search.base import Searcher, SearchOption
+from autoprune.search.sensitivity import (
+    PRIOR_OPTION,
+    RATIOS_OPTION,
+    check_prior,
+    sensitivity_allocation,
+)
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
 
@@ -79,6 +94,32 @@ class OptunaSearcher(Searcher):
     """
 
     name = "optuna"
+    summary = "Optuna samplers (TPE, CMA-ES, GP, ...) over one float ratio per unit"
+    options = (
+        SearchOption("sampler", f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe)", choices=SAMPLERS),
+        PRIOR_OPTION,
+        RATIOS_OPTION,
+    )
+    parallel = True
+    resumable = True
+    multi_objective = True
+    variant_option = "sampler"
+
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any], *, sampler: str, objectives: tuple[str, ...]) -> dict[str, Any]:
+        """The run's sampler and objectives become constructor arguments."""
+        return {**options, "sampler": sampler, "objectives": objectives}
+
+    @classmethod
+    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
+        """With ``--prior sensitivity``: the allocation is enqueued as a trial."""
+        return options.get("prior") is not None
+
+    def attach_run(self, run_dir: Path, study: Any, storage: Any) -> None:
+        """Work on the run's study; wait for other workers' running trials where the storage has a heartbeat."""
+        super().attach_run(run_dir, study, storage)
+        self.study = study
+        self.wait_for_running = has_heartbeat(storage)
 
     def __init__(
         self,
@@ -92,7 +133,7 @@ class OptunaSearcher(Searcher):
         study: optuna.Study | None = None,
         warm_start: bool = True,
         prior: str | None = None,
-        ratios: str = DEFAULT_RATIOS,
+        ratios: str | None = None,
     ) -> None:
         self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         super().__init__(evaluator, budget, evals, seed)

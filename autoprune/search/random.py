@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.policy import Policy
+from autoprune.core.policy import Policy
 from autoprune.search.base import Searcher
 
 
@@ -12,6 +12,8 @@ class RandomSearcher(Searcher):
     """Samples each unit's ratio uniformly in its bounds, then projects the sample onto the budget."""
 
     name = "random"
+    summary = "EagleEye-style sampling, each sample projected onto the budget"
+    baseline = True
 
     def propose(self) -> tuple[Policy, dict[str, Any]]:
         """The next policy, not evaluated: a sample of every unit's ratio projected onto the budget, with the sample."""

@@ -1,8 +1,8 @@
 """Sensitivity-guided allocation (SPDY-style): allocate ratios from the layer-sensitivity curves.
 
 The network is first scanned (one unit pruned at a time over a ratio grid; cached, see
-:mod:`autoprune.sensitivity`). A policy's predicted accuracy drop is the sum of its units' drops,
-interpolated on the grid, and :func:`~autoprune.allocation.allocate` finds the allocation with the
+:mod:`autoprune.search.sensitivity_scan`). A policy's predicted accuracy drop is the sum of its units' drops,
+interpolated on the grid, and :func:`~autoprune.search.allocation.allocate` finds the allocation with the
 least predicted drop under the budget (exact costs, real channel rounding). The first evaluation is
 that allocation. Because the additive model is only a model, the search then evaluates, like SPDY,
 the allocations of perturbed models: each unit's drop curve is multiplied by a sensitivity
@@ -18,22 +18,33 @@ Optuna and reinforcement-learning searchers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autoprune.allocation import allocate, predicted_drop
-from autoprune.budget import Budget
+from autoprune.core.budget import Budget
+from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.policy import Policy
+from autoprune.core.space import SearchSpace
 from autoprune.errors import BudgetError, ConfigError
-from autoprune.evaluate import Candidate, Evaluator
-from autoprune.policy import Policy
-from autoprune.search.base import Searcher
-from autoprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, parse_ratios, scan, write_outputs
-from autoprune.space import SearchSpace
+from autoprune.search.allocation import allocate, predicted_drop
+from autoprune.search.base import Searcher, SearchOption
+from autoprune.search.sensitivity_scan import (
+    DEFAULT_RATIOS,
+    SensitivityTable,
+    parse_ratios,
+    scan,
+    write_outputs,
+)
 
 PRIORS = ("sensitivity",)
+RATIOS_OPTION = SearchOption("ratios", f"ratio grid of the sensitivity scan: start:stop:step or a list (default "
+                             f"{DEFAULT_RATIOS}; with --prior for the other methods)", metavar="GRID")
+PRIOR_OPTION = SearchOption("prior", "sensitivity: enqueue the sensitivity allocation as a trial (optuna), or narrow "
+                            "each unit's max ratio to where accuracy holds (rl methods)", choices=PRIORS)
 Coefficients = tuple[dict[str, float], dict[str, float]]  # per-unit multipliers of the drop curves, and slopes
 STEP, MIN_STEP = 0.5, 0.05  # log-scale step of the coefficient random walk, from STEP down to MIN_STEP
 RETRIES = 20  # draws per proposal to find an allocation not proposed yet
@@ -51,18 +62,21 @@ def check_latency_model(evaluator: Evaluator, budget: Budget, what: str) -> None
                           f"(--latency-model lut): allocating queries the cost thousands of times")
 
 
-def check_prior(prior: str | None, ratios: str, evaluator: Evaluator, budget: Budget) -> tuple[float, ...] | None:
-    """The ratio grid of a searcher's prior (None without one).
+def check_prior(prior: str | None, ratios: str | None, evaluator: Evaluator, budget: Budget) -> tuple[float, ...] | None:
+    """The ratio grid of a searcher's prior (None without one; ``ratios`` None: the default grid).
 
     Raises:
-        ConfigError: for an unknown prior, a malformed grid, or a latency budget without the latency table.
+        ConfigError: for an unknown prior, a grid without a prior, a malformed grid, or a latency budget
+            without the latency table.
     """
     if prior is None:
+        if ratios is not None:
+            raise ConfigError("--ratios applies to --method sensitivity and to --prior sensitivity")
         return None
     if prior not in PRIORS:
         raise ConfigError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
     check_latency_model(evaluator, budget, f"--prior {prior}")
-    return parse_ratios(ratios)
+    return parse_ratios(ratios or DEFAULT_RATIOS)
 
 
 def sensitivity_allocation(searcher: Searcher, ratios: tuple[float, ...]) -> tuple[Policy, SensitivityTable]:
@@ -116,14 +130,22 @@ class SensitivitySearcher(Searcher):
     """
 
     name = "sensitivity"
+    summary = "allocation from layer-sensitivity curves"
+    latency_model = "lut"
+    options = (RATIOS_OPTION,)
+
+    @classmethod
+    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
+        """Always: the allocation is made from the scan."""
+        return True
 
     def __init__(self, evaluator: Evaluator, budget: Budget, evals: int = 100, seed: int = 0, *,
                  ratios: str = DEFAULT_RATIOS, run_dir: str | Path | None = None) -> None:
         self.ratios = parse_ratios(ratios)
         check_latency_model(evaluator, budget, "--method sensitivity")
         super().__init__(evaluator, budget, evals, seed)
-        self.options = scan_options(self.space, self.ratios)
-        if self.cost({n: opts[0] for n, opts in self.options.items()}) > self.limit:
+        self.kept_options = scan_options(self.space, self.ratios)
+        if self.cost({n: opts[0] for n, opts in self.kept_options.items()}) > self.limit:
             raise BudgetError(f"budget {budget} cannot be met by pruning each unit at most {max(self.ratios):g} "
                               f"(the ratio grid {ratios}); extend the grid")
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -171,7 +193,7 @@ class SensitivitySearcher(Searcher):
         def drop(unit: str, kept: int) -> float:
             return weights[unit] * table.drop(unit, kept) + slopes[unit] * (1.0 - kept / channels[unit])
 
-        return allocate(self.space, drop, self.cost, self.limit, self.options)
+        return allocate(self.space, drop, self.cost, self.limit, self.kept_options)
 
     def _key(self, kept: dict[str, int]) -> tuple[int, ...]:
         return tuple(kept[n] for n in self.space.names)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autoprune.policy import Policy
+from autoprune.core.policy import Policy
 from autoprune.search.base import Searcher
 
 
@@ -10,6 +10,9 @@ class UniformSearcher(Searcher):
     """Evaluates the single uniform policy that meets the budget as closely as rounding allows."""
 
     name = "uniform"
+    summary = "one ratio for all units, solved for the budget"
+    deterministic = True
+    baseline = True
     _proposed = False
 
     @property

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.threads import torch_threads
+from autoprune.core.threads import torch_threads
 from autoprune.zoo.images import ImageSet, cache_dir
 
 DIGITS_SPLITS = ("train", "val", "test")

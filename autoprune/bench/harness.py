@@ -1,0 +1,277 @@
+"""``autoprune bench``: every search method on the same Evaluator, budget and evaluation count, over seeds.
+
+A benchmark is a matrix of cells (method, budget, seed). Each cell is one search run in a fresh
+experiment (no cache shared between cells), built from the same :class:`~autoprune.run.search.SearchSettings`
+as ``autoprune search``, so every method sees the same proxy split, BN recalibration, cost model and
+budget projection. The best policy of the cell is then scored on the report split (BN recalibrated,
+no fine-tuning), timed on the device, and optionally fine-tuned with the same short schedule for
+every method. Each finished cell is saved as JSON under ``<out>/cells/<name>/<budget>/`` at once; a
+rerun skips finished cells, so a stopped benchmark resumes where it stopped. Cells run seed by seed,
+so an interrupted run still has every method at its first seed. Deterministic methods (uniform,
+NetAdapt) run one seed. :func:`benchmark` runs the matrix and writes the report
+(:mod:`autoprune.bench.report`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autoprune.bench.machine import library_versions, machine_description
+from autoprune.bench.settings import BenchSettings
+from autoprune.core.cost import count_params, measure_latency
+from autoprune.errors import ConfigError
+from autoprune.experiment import Experiment
+from autoprune.finetune.augment import augmentation_for
+from autoprune.finetune.trainer import Finetuner, FinetuneSettings
+from autoprune.run.search import SearchSettings, search_in_process
+from autoprune.search import get_searcher
+from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
+
+CELL_FORMAT = 1
+
+
+def check_identity(settings: BenchSettings) -> None:
+    """Check the settings against those saved beside existing cells (nothing is written).
+
+    Raises:
+        ConfigError: if the saved cells were made with other settings.
+    """
+    path = settings.cell_dir / "bench.json"
+    if not path.is_file():
+        return
+    saved, now = json.loads(path.read_text()), json.loads(json.dumps(settings.identity()))
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({', '.join(changed)}); "
+                          f"rerun with the same options to resume, or pass another --name or --out")
+
+
+def check_cells(settings: BenchSettings, exp: Experiment) -> None:
+    """Build every (budget, method) searcher once on ``exp`` so that an impossible budget or a bad option fails
+    before any cell runs."""
+    for budget in settings.budgets:
+        for spec in settings.methods:
+            settings.search_settings(budget, spec, 0, units=len(exp.space)).searcher(exp)
+
+
+def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every missing cell (saving each as it finishes); returns every cell of the matrix that exists.
+
+    Several processes may run the same benchmark at once: each claims a cell before running it, and
+    skips cells another live process holds or has finished.
+    """
+    settings.check()
+    check_identity(settings)
+    from tqdm import tqdm
+
+    _write_json(settings.cell_dir / "bench.json", settings.identity())
+    todo = [c for c in settings.cells() if not settings.cell_path(c[1], c[2], c[0]).is_file()]
+    best: dict[str, float] = {}
+    with tqdm(total=len(settings.cells()), initial=len(settings.cells()) - len(todo), desc="bench", unit="cell",
+              disable=not progress, position=0) as bar:
+        for seed, budget, spec in todo:
+            path = settings.cell_path(budget, spec, seed)
+            with claim(path) as mine:
+                if not mine or path.is_file():  # another process runs it, or has just finished it
+                    continue
+                bar.set_description(f"bench {spec} {budget} seed {seed}")
+                cell = run_cell(settings, budget, spec, seed, progress)
+                _write_json(path, cell)
+            best[budget] = max(best.get(budget, 0.0), cell["report_acc"])
+            bar.set_postfix_str(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
+            bar.update(1)
+    return finished_cells(settings)
+
+
+def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: bool = True,
+              command: list[str] | None = None) -> tuple[list[Path], int]:
+    """Run the matrix's missing cells (none with ``report_only``), then write the report from every finished cell.
+
+    Args:
+        settings: the benchmark.
+        report_only: only rewrite the report from the cells already finished.
+        progress: show progress bars.
+        command: the command the report's header names (default: this process's, ``python script.py ...``).
+
+    Returns:
+        The files written (report, CSV, plots) and how many cells are finished.
+
+    Raises:
+        ConfigError: for settings that cannot run, cells made with other settings, or (``report_only``)
+            no finished cell.
+        BudgetError: for a budget the search space cannot reach.
+    """
+    from autoprune.bench.report import write_report
+
+    settings.check()
+    check_identity(settings)
+    exp = dense_experiment(settings)
+    if not report_only:
+        check_cells(settings, exp)
+        run_bench(settings, progress)
+    cells = finished_cells(settings)
+    if not cells:
+        raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
+    scan_path = settings.cell_dir / "sensitivity-scan.json"
+    scan_cost = json.loads(scan_path.read_text()) if scan_path.is_file() else None
+    command = command or [Path(sys.executable).name, *sys.argv]
+    return write_report(settings, cells, dense_baseline(settings, exp), scan_cost, command), len(cells)
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Claim the cell at ``path`` for this process with a ``.lock`` file holding host and pid.
+
+    Yields False while another live process holds it. A lock left by a process of this host that is no
+    longer running (killed mid-cell) is taken over; one from another host is trusted.
+    """
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder_alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        host, pid = lock.read_text().split()
+    except ValueError:  # being written by its holder, or left half-written long ago
+        return time.time() - lock.stat().st_mtime < 60
+    except OSError:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def finished_cells(settings: BenchSettings) -> list[dict[str, Any]]:
+    """The saved cells of the settings' matrix, in matrix order."""
+    paths = [settings.cell_path(b, m, s) for s, b, m in settings.cells()]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Search once, then score, time and fine-tune the best policy; returns the cell's record."""
+    exp = settings.search_settings(budget, spec, seed).experiment()
+    search = settings.search_settings(budget, spec, seed, units=len(exp.space))
+    if get_searcher(search.method).uses_sensitivity_scan(search.method_options):
+        record_scan(settings, exp)  # made once, before the first cell that needs it, so its cost is known
+    searcher = search.searcher(exp)
+    start = time.perf_counter()
+    search_in_process(searcher, exp, progress, leave=False)
+    seconds = time.perf_counter() - start
+    result = searcher.result
+    best = result.best
+    if best is None:
+        raise ConfigError(f"{spec} found no policy within {budget} in {settings.evals} evaluations")
+    network = exp.evaluator.build(best.policy)
+    cell: dict[str, Any] = {
+        "format": CELL_FORMAT, "method": spec, "seed": seed, "budget": search.budget, "evals": result.evaluations,
+        "distinct": sum(not c.cached for c in result.candidates), "seconds": seconds, "proxy_acc": best.proxy_acc, "report_acc": exp.accuracy(network, "report"),
+        "flops": best.flops, "dense_flops": exp.evaluator.cost.dense_flops, "params": best.params,
+        "dense_params": count_params(exp.model), "kept": dict(best.kept),
+        "channels": {u.name: u.channels for u in exp.space.units}, "curve": best_so_far(result.candidates),
+        "machine": machine_description(), "versions": library_versions(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if settings.latency:
+        cell["latency_ms"] = measure_latency(copy.deepcopy(network), exp.example_inputs, settings.device,
+                                             threads=settings.threads)
+    if settings.finetune_epochs:
+        cell.update(finetune(exp, network, settings, seed))
+    return cell
+
+
+def best_so_far(candidates: list[Any]) -> list[float | None]:
+    """Best proxy accuracy within the budget after each evaluation (None before the first)."""
+    running, curve = None, []
+    for c in candidates:
+        if c.ok and c.meta.get("within_budget") and (running is None or c.proxy_acc > running):
+            running = c.proxy_acc
+        curve.append(running)
+    return curve
+
+
+def finetune(exp: Experiment, network: Any, settings: BenchSettings, seed: int) -> dict[str, Any]:
+    """The same short fine-tune for every method, from the BN-recalibrated pruned network."""
+    ft = FinetuneSettings(epochs=settings.finetune_epochs, train_images=settings.finetune_images, seed=seed)
+    start = time.perf_counter()
+    Finetuner(network, exp.split("calibration"), ft, augmentation_for(exp.config.dataset, exp.config.input_shape),
+              device=settings.device).fit()
+    return {"finetuned_acc": exp.accuracy(network, "report", recalibrate=False),
+            "finetune_seconds": time.perf_counter() - start}
+
+
+def record_scan(settings: BenchSettings, exp: Experiment) -> dict[str, Any]:
+    """Run (or read) the sensitivity scan once per benchmark and save its cost beside the cells."""
+    path = settings.cell_dir / "sensitivity-scan.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ratios = parse_ratios(DEFAULT_RATIOS)
+    start = time.perf_counter()
+    table = scan(exp.evaluator, ratios)
+    seconds = time.perf_counter() - start
+    record = {"ratios": DEFAULT_RATIOS, "evaluations": 1 + len(exp.space) * len(ratios),
+              "seconds": seconds if table.evaluations else None}  # None: read from an earlier cache, cost unknown
+    _write_json(path, record)
+    return record
+
+
+def dense_experiment(settings: BenchSettings) -> Experiment:
+    """The benchmark's experiment (network, data, Evaluator), as every cell builds it."""
+    return SearchSettings(env=settings.env, budget="1flops", device=settings.device, threads=settings.threads,
+                          data_dir=settings.data_dir).experiment()
+
+
+def dense_baseline(settings: BenchSettings, exp: Experiment | None = None) -> dict[str, Any]:
+    """The dense network scored exactly like a candidate (same BN recalibration); cached beside the cells."""
+    path = settings.cell_dir / "dense.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    exp = exp or dense_experiment(settings)
+    dense = copy.deepcopy(exp.model)
+    record: dict[str, Any] = {
+        "proxy_acc": exp.evaluator.proxy.score(copy.deepcopy(exp.model)).accuracy,
+        "report_acc": exp.accuracy(dense, "report"), "flops": exp.evaluator.cost.dense_flops,
+        "params": count_params(exp.model), "units": len(exp.space),
+        "proxy_images": len(exp.evaluator.proxy), "calibration_images": sum(len(b) for b in exp.evaluator.proxy.calibration),
+    }
+    if settings.latency:
+        record["latency_ms"] = measure_latency(dense, exp.example_inputs, settings.device, threads=settings.threads)
+    _write_json(path, record)
+    return record
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    tmp.replace(path)

@@ -1,1 +1,0 @@
-"""Benchmarks: commands that measure and write reports under ``results/``."""

@@ -1,0 +1,150 @@
+"""Policy -> a physically smaller network, through Torch-Pruning's dependency graph.
+
+Channel importance is computed once on the dense network; every policy then removes each unit's
+least important channels. The base model is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.core.graph import build_dependency_graph
+from autoprune.core.importance import CRITERIA, criterion_name, gradient_pass, importance_of, needs_gradients
+from autoprune.core.space import SearchSpace
+from autoprune.errors import ConfigError, UnsupportedModelError
+
+__all__ = ["CRITERIA", "Pruner", "importance_of"]
+
+
+class Pruner:
+    """Builds pruned copies of one dense network.
+
+    Args:
+        model: the dense network; it is never modified (a criterion that needs gradients works on a copy).
+        example_inputs: an input batch used to trace the network.
+        space: the search space of ``model``.
+        criterion: a registered name (``l1`` (default), ``l2``, ``bn_scale``, ``lamp``, ``taylor``; see
+            :data:`~autoprune.core.importance.CRITERIA`) or any Torch-Pruning importance object. ``criterion``
+            then holds its name; an object is named by its class, and such a policy cannot be re-applied by
+            name from the command line.
+        calibration: images (one tensor or a list of batches) for the one gradient pass of a criterion that
+            needs gradients (``taylor``); ignored by the others.
+        calibration_labels: labels of ``calibration`` (concatenated); without them the loss is on the
+            network's own top-1 predictions.
+
+    Raises:
+        ConfigError: for an unknown criterion name, or one that needs gradients without calibration images.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor,
+        space: SearchSpace,
+        criterion: str | tp.importance.Importance = "l1",
+        calibration: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        calibration_labels: torch.Tensor | None = None,
+    ) -> None:
+        self.model = model
+        self.example_inputs = example_inputs
+        self.space = space
+        self.criterion = criterion_name(criterion)
+        self.importance = importance_of(criterion)
+        if needs_gradients(criterion):  # one gradient pass, on a copy, once per Pruner
+            scored = _with_gradients(model, self.criterion, calibration, calibration_labels)
+            self._order = self._rank(scored)
+            scored.zero_grad(set_to_none=True)
+        else:
+            self._order = self._rank(model)
+
+    def _rank(self, model: nn.Module) -> dict[str, list[int]]:
+        """Each unit's channels, least important first, scored on ``model`` (the dense network or its copy)."""
+        graph = build_dependency_graph(model, self.example_inputs)
+        modules = dict(model.named_modules())
+        order: dict[str, list[int]] = {}
+        for unit in self.space.units:
+            root = modules[unit.name]
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(range(unit.channels)))
+            with torch.no_grad():
+                scores = self.importance(group)
+            if scores is None:  # the criterion found no layer to score (bn_scale on a group without BN)
+                raise UnsupportedModelError(
+                    f"criterion {self.criterion!r} cannot score unit {unit.name!r} (no layer it measures); use l1 or l2"
+                )
+            order[unit.name] = torch.argsort(scores.float(), stable=True).tolist()
+        return order
+
+    def removed_channels(self, unit_name: str, kept: int) -> list[int]:
+        """Indices of the channels a unit loses when it keeps ``kept`` of them (least important first)."""
+        unit = self.space.unit(unit_name)
+        return sorted(self._order[unit_name][: unit.channels - kept])
+
+    def prune(self, kept: Mapping[str, int]) -> nn.Module:
+        """A pruned copy of the network keeping ``kept[unit]`` channels in each unit (others stay dense)."""
+        model = copy.deepcopy(self.model)
+        todo = {u.name: kept[u.name] for u in self.space.units if kept.get(u.name, u.channels) < u.channels}
+        if not todo:
+            return model
+        graph = build_dependency_graph(model, self.example_inputs)
+        modules = dict(model.named_modules())
+        for name, k in todo.items():
+            root = modules[name]
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, self.removed_channels(name, k))
+            group.prune()
+        return model
+
+    def check_prunable(self) -> None:
+        """Prune every unit to its fewest channels and run the network once.
+
+        Raises:
+            UnsupportedModelError: naming the first unit whose pruning breaks the forward pass.
+        """
+        expected = _output_shape(self.model, self.example_inputs)
+        if _output_shape(self._try({u.name: u.min_kept for u in self.space.units}), self.example_inputs) == expected:
+            return
+        for unit in self.space.units:
+            pruned = self._try({unit.name: unit.min_kept})
+            if _output_shape(pruned, self.example_inputs) != expected:
+                raise UnsupportedModelError(
+                    f"pruning unit {unit.name!r} breaks the network (a layer autoprune cannot prune depends on it); "
+                    f"exclude it in the search space"
+                )
+
+    def _try(self, kept: Mapping[str, int]) -> nn.Module | None:
+        try:
+            return self.prune(kept)
+        except (RuntimeError, ValueError, IndexError):
+            return None
+
+
+def _with_gradients(
+    model: nn.Module, name: str, calibration: torch.Tensor | Sequence[torch.Tensor] | None, labels: torch.Tensor | None
+) -> nn.Module:
+    """A copy of ``model`` whose parameters hold the gradient of one pass on ``calibration``."""
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration or [])
+    batches = [x for x in batches if len(x)]
+    if not batches:
+        raise ConfigError(
+            f"criterion {name!r} needs calibration images for one gradient pass; pass calibration= to the Pruner "
+            f"(or use a proxy with calibration_batches >= 1), or choose a criterion that needs none"
+        )
+    if labels is not None and len(labels) != sum(len(x) for x in batches):
+        raise ConfigError(f"got {len(labels)} calibration labels for {sum(len(x) for x in batches)} calibration images")
+    copy_ = copy.deepcopy(model)
+    gradient_pass(copy_, batches, labels)
+    return copy_
+
+
+def _output_shape(model: nn.Module | None, example_inputs: torch.Tensor) -> tuple[int, ...] | None:
+    if model is None:
+        return None
+    try:
+        with torch.no_grad():
+            return tuple(model.eval()(example_inputs).shape)
+    except (RuntimeError, ValueError, IndexError):
+        return None

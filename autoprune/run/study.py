@@ -1,0 +1,206 @@
+"""The run's Optuna study: every candidate of every searcher is a trial in it.
+
+Each trial holds the unit ratios as parameters and, as user attributes, the kept channels, FLOPs
+(MACs), params, latency, proxy accuracy, method and budget status, so that
+``optuna-dashboard sqlite:///<run>/study.db`` inspects any search. Optuna's storage is also the
+engine for many workers: an RDB URL (SQLite, PostgreSQL, MySQL) or a journal file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.core.evaluator import Candidate
+from autoprune.core.space import SearchSpace
+from autoprune.errors import ConfigError
+
+OBJECTIVES = {"acc": "maximize", "flops": "minimize", "params": "minimize", "latency": "minimize"}
+HEARTBEAT_S = 10
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``acc`` or ``acc,flops`` / ``acc,latency`` / ``acc,params`` -> a tuple of objective names.
+
+    Raises:
+        ConfigError: for an unknown objective or one not starting with ``acc``.
+    """
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names or names[0] != "acc" or len(set(names)) != len(names) or len(names) > 2:
+        raise ConfigError(f"objectives must be 'acc' or 'acc,<flops|params|latency>', got {text!r}")
+    return names
+
+
+def open_storage(url: str | None, run_dir: Path | None = None) -> optuna.storages.BaseStorage:
+    """The storage for ``url``, or a SQLite ``study.db`` in ``run_dir`` when no URL is given.
+
+    RDB storages get Optuna's heartbeat: a trial whose worker was killed is failed after a grace
+    period and retried with the same parameters. A path ending in ``.log``/``.journal``/``.jsonl`` (or
+    a ``journal:PATH`` URL) is an Optuna journal file.
+
+    Raises:
+        ConfigError: if the storage cannot be opened or reached.
+    """
+    if url is None:
+        if run_dir is None:
+            raise ConfigError("a study needs a storage URL or a run directory")
+        url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+    try:
+        if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:")).expanduser()
+            if not path.parent.is_dir():
+                raise ConfigError(f"folder of journal storage {str(path)!r} does not exist")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    except ConfigError:
+        raise
+    except Exception as e:  # SQLAlchemy and drivers raise many types for unreachable or bad URLs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"storage {url!r} cannot be opened or reached ({type(e).__name__}: {first[:200]})") from None
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    objectives: Sequence[str] = ("acc",),
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
+    """Create the study, or load it when it exists with the same objectives.
+
+    Raises:
+        ConfigError: if an existing study of that name has other objectives.
+    """
+    directions = [OBJECTIVES[o] for o in objectives]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise ConfigError(f"study {name!r} exists with directions {have}, not {directions} ({','.join(objectives)}); "
+                          f"choose another --study-name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([{"acc": "proxy_acc", "flops": "flops_macs"}.get(o, o) for o in objectives])
+    return study
+
+
+def unit_distributions(space: SearchSpace) -> dict[str, FloatDistribution]:
+    """One float parameter per unit: its ratio within the unit's bounds."""
+    return {u.name: FloatDistribution(u.min_ratio, u.max_ratio) for u in space.units}
+
+
+def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
+    """The trial user attributes of a candidate: metrics, status, method and per-unit channels."""
+    attrs: dict[str, Any] = {
+        "method": candidate.meta.get("method", ""),
+        "status": candidate.status,
+        "within_budget": bool(candidate.meta.get("within_budget", False)),
+        "proxy_acc": candidate.proxy_acc,
+        "flops": candidate.flops,
+        "params": candidate.params,
+        "latency_ms": candidate.latency_ms,
+        "ratios": dict(candidate.policy),
+        "kept": dict(candidate.kept),
+        "evaluation": candidate.index,
+    }
+    if candidate.reason:
+        attrs["reason"] = candidate.reason
+    if "sample" in candidate.meta:
+        attrs["sample"] = dict(candidate.meta["sample"])
+    return attrs
+
+
+def objective_values(candidate: Candidate, objectives: Sequence[str]) -> list[float]:
+    """The candidate's values for the study's objectives (accuracy first)."""
+    metric = {"acc": candidate.proxy_acc, "flops": candidate.flops, "params": candidate.params,
+              "latency": candidate.latency_ms}
+    return [float(metric[o]) for o in objectives]  # type: ignore[arg-type]
+
+
+class StudyRecorder:
+    """An Evaluator observer adding every candidate as a finished trial of the run's study.
+
+    Candidates that an Optuna trial already owns (``meta["optuna_trial"]``) are left to that trial.
+    """
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, objectives: Sequence[str] = ("acc",)) -> None:
+        self.study = study
+        self.objectives = tuple(objectives)
+        self.distributions = unit_distributions(space)
+
+    def __call__(self, candidate: Candidate) -> None:
+        if "optuna_trial" in candidate.meta:
+            return
+        params = {n: min(max(candidate.policy.get(n, 0.0), d.low), d.high) for n, d in self.distributions.items()}
+        self.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if candidate.ok else TrialState.FAIL,
+            values=objective_values(candidate, self.objectives) if candidate.ok else None,
+            params=params, distributions=dict(self.distributions), user_attrs=candidate_attrs(candidate),
+        ))
+
+
+def worker_id() -> str:
+    """This process as ``host:pid``, recorded on the trials it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Fail and re-enqueue the running trials of processes on this host that no longer exist.
+
+    A worker killed mid-trial leaves its trial RUNNING. RDB storages detect that by heartbeat after a
+    grace period; this settles it at once for local workers (and is the only way for journal
+    storages, which have no heartbeat). Returns the number of trials reaped.
+    """
+    host = socket.gethostname()
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get("worker", ""))
+        name, _, pid = owner.rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {owner} died")
+        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            study.enqueue_trial(trial.params)
+            reaped += 1
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage fails stale trials of dead workers by itself (RDB storages here)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return bool(interval and interval())
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward a search's evaluations: finished, or failed by its evaluation."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "fail"
+    )
