@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
+from autoprune.console import Progress, plural, show_status
 from autoprune.core.budget import Budget
 from autoprune.core.cost import (
     FLOPS_LABEL,
@@ -29,8 +31,8 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.core.prune import CRITERIA
 from autoprune.core.rebuild import check_fits, kept_channels, policy_file
 from autoprune.errors import AutopruneError, ConfigError, PolicyError
-from autoprune.experiment import DataOptions, Experiment
-from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, load_env, space_names
+from autoprune.experiment import DataOptions, Experiment, build_experiment, configure
+from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, space_names
 from autoprune.search import SAMPLERS, SEARCHERS, get_searcher, methods_accepting, methods_where
 from autoprune.zoo.models import zoo_names
 
@@ -40,6 +42,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--budget -0.5flops`` as ``--budget=-0.5flops`` (and ``--lr -1e-3``, any option followed by a negative
+    amount), so that the option's own check, not argparse ("expected one argument"), answers the value."""
+    out = list(argv)
+    for i in range(len(out) - 2, -1, -1):
+        if out[i].startswith("--") and out[i] != "--" and "=" not in out[i] and re.match(r"-\.?\d", out[i + 1]):
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
+    return out
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -125,24 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, record: PolicyRecord | None = None) -> EnvConfig:
-    config = load_env(args.env)
-    if args.model:
-        config.model = args.model
-    if args.weights:
-        config.weights = args.weights
+    config = configure(args.env, {"model": args.model or None, "weights": args.weights or None})
     if record is not None:
         if record.model != config.model:
             raise PolicyError(f"policy is for model {record.model} but env {config.name!r} builds {config.model}; "
                               f"pass --model {record.model} or the matching --env")
         config.search_space = record.search_space or config.search_space
         config.criterion = record.criterion
-    if args.space:
-        config.search_space = args.space
-    if args.criterion:
-        config.criterion = args.criterion
-    if args.proxy_images is not None:
-        config.proxy = {**config.proxy, "images": args.proxy_images}
-    return config
+    return configure(config, {"search_space": args.space or None, "criterion": args.criterion or None,
+                              "proxy_images": args.proxy_images})
 
 
 def _device(name: str) -> str:
@@ -156,7 +159,7 @@ def _experiment(args: argparse.Namespace, config: EnvConfig, latency: bool) -> E
     device = _device(args.device)
     settings = LatencySettings(device=device, threads=args.threads) if latency else None
     options = DataOptions(args.data_dir, None, args.download, args.trust_checkpoint)
-    return Experiment.from_config(config, options, device=device, latency=settings)
+    return build_experiment(config, data=options, device=device, latency=settings)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -182,7 +185,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     run_dir = run_search(settings, args.out, progress=not args.quiet)
     record = PolicyRecord.load(run_dir / "policy.json")
     _print_record(record)
-    print(f"{record.found_by['evaluations']} evaluations recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
+    print(f"{plural(record.found_by['evaluations'], 'evaluation')} recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
     return 0
 
 
@@ -242,8 +245,6 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``autoprune sensitivity``: scan (or read from the cache) and write ``sensitivity.csv`` and plots."""
-    from tqdm import tqdm
-
     from autoprune.run.directory import new_run_dir, write_config
     from autoprune.search.sensitivity_scan import (
         parse_ratios,
@@ -256,17 +257,18 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     config = _config(args)
     exp = _experiment(args, config, latency=False)
     out = new_run_dir(args.out, config.name, "sensitivity")
-    with tqdm(desc="sensitivity", unit="eval", disable=args.quiet, file=sys.stderr, mininterval=0.5, leave=False) as bar:
+    with Progress(None, "sensitivity", "eval", not args.quiet, leave=False) as bar:
         def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+            if bar.total != total:
+                bar.set_total(total)
+            bar.set(done)
 
         table = scan(exp.evaluator, ratios, on_point=progress)
     write_config(out, {"command": "sensitivity", "env": config.to_dict(), "ratios": list(ratios), "cache": str(table.path)})
     files = write_outputs(table, out, config.name)
     print(summary_line(table))
-    source = f"{table.evaluations} evaluations" if table.evaluations else f"read from the cache {table.path}"
-    print(f"{len(exp.space)} units x {len(ratios)} ratios ({source}); wrote {', '.join(str(f) for f in files)}")
+    source = plural(table.evaluations, "evaluation") if table.evaluations else f"read from the cache {table.path}"
+    print(f"{plural(len(exp.space), 'unit')} x {plural(len(ratios), 'ratio')} ({source}); wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -314,26 +316,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
     files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command)
-    print(f"{finished} of {len(settings.cells())} cells finished; wrote {', '.join(str(f) for f in files)}")
+    print(f"{finished} of {plural(len(settings.cells()), 'cell')} finished; wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
 def _resume(run: str, progress: bool) -> int:
-    import yaml
+    from autoprune.run.search import read_settings, run_search
 
-    from autoprune.run.search import CONFIG_FILE, SearchSettings, run_search
-
-    config_file = Path(run) / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConfigError(f"--resume {run!r} is not a search run directory (no {CONFIG_FILE})")
-    try:
-        settings = SearchSettings(**(yaml.safe_load(config_file.read_text()) or {})["settings"])
-    except (KeyError, TypeError, yaml.YAMLError):
-        raise ConfigError(f"--resume {run!r} has a {CONFIG_FILE} this autoprune cannot read") from None
-    run_dir = run_search(settings, run, progress=progress)
+    run_dir = run_search(read_settings(run, "--resume"), run, progress=progress)
     record = PolicyRecord.load(run_dir / "policy.json")
     _print_record(record)
-    print(f"{record.found_by['evaluations']} evaluations recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
+    print(f"{plural(record.found_by['evaluations'], 'evaluation')} recorded in {run_dir / 'trials.csv'}; run directory: {run_dir}")
     return 0
 
 
@@ -356,12 +349,10 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """``autoprune dashboard``: serve optuna-dashboard on a run's study."""
-    import yaml
+    from autoprune.run.directory import read_run_config
 
-    config_file = Path(args.run) / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"{args.run!r} is not a search run directory (no config.yaml)")
-    storage = (yaml.safe_load(config_file.read_text()) or {}).get("settings", {}).get("storage")
+    settings = read_run_config(args.run).get("settings")
+    storage = settings.get("storage") if isinstance(settings, dict) else None
     url = storage or f"sqlite:///{(Path(args.run) / 'study.db').resolve()}"
     try:
         import optuna_dashboard
@@ -414,35 +405,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"{config.model} ({'policy ' + args.policy if args.policy else 'dense'}) on {result['split']} "
-              f"({result['images']} images{', BN recalibrated' if recalibrate else ''}): "
+              f"({plural(result['images'], 'image')}{', BN recalibrated' if recalibrate else ''}): "
               f"accuracy {100 * result['accuracy']:.2f}% | {FLOPS_LABEL} {result['flops'] / 1e6:.3f}M | "
               f"params {result['params'] / 1e6:.4f}M | latency {result['latency_ms']:.3f} ms "
-              f"({args.device}, {args.threads} thread{'s' if args.threads > 1 else ''}, batch 1)")
+              f"({args.device}, {plural(args.threads, 'thread')}, batch 1)")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """``autoprune apply``: rebuild a policy's network and save it with ``torch.save(model)``."""
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise ConfigError(f"folder {str(out.parent)!r} of --out does not exist")
-    if out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'pruned.pt')!r}")
+    from autoprune.io import check_output_file
+
+    out = check_output_file(args.out, example="pruned.pt")
     record, config, exp = _load_policy(args)
     network = exp.evaluator.pruner.prune(kept_channels(record, exp.space))
     if args.state_dict:
         from autoprune.core.rebuild import load_state_dict_checked
 
-        load_state_dict_checked(network, args.state_dict)
+        load_state_dict_checked(network, args.state_dict, args.trust_checkpoint)
     recalibrate = args.state_dict is None if args.recalibrate is None else args.recalibrate
     if recalibrate:
         from autoprune.core.proxy import recalibrate_batchnorm
 
         recalibrate_batchnorm(network, exp.evaluator.proxy.calibration)
     network = network.cpu().eval()
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(network, tmp)
-    tmp.replace(out)
+    _write_out(out, lambda tmp: torch.save(network, tmp))
     print(f"saved {config.model} pruned by {args.policy} to {out} ({FLOPS_LABEL} "
           f"{fvcore_flops(network, exp.example_inputs) / 1e6:.3f}M, params {count_params(network) / 1e6:.4f}M); "
           f"load it with torch.load({str(out)!r}, weights_only=False)")
@@ -501,7 +488,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     report = run_finetune(job, record, exp, progress=not args.quiet)
     for role, name in report["splits"].items():
         print(f"{role} accuracy ({name}): dense {100 * report['dense_acc'][role]:.2f}%, pruned and recovered "
-              f"({args.recover}) {100 * report['before_acc'][role]:.2f}%, after {args.epochs} epochs "
+              f"({args.recover}) {100 * report['before_acc'][role]:.2f}%, after {plural(args.epochs, 'epoch')} "
               f"{100 * report['after_acc'][role]:.2f}%")
     print(f"saved to {job.out_dir}: {', '.join(report['files'].values())}, report.md, report.json")
     return 0
@@ -511,14 +498,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``autoprune export``: a policy as Torch-Pruning ratios, an NNI config list or a CSV table."""
     from autoprune.core.space import SearchSpace
     from autoprune.export.formats import FORMATS, export_policy
+    from autoprune.io import check_output_file
     from autoprune.presets import load_space
     from autoprune.zoo.models import build_model
 
     if args.format not in FORMATS:
         raise ConfigError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(args.out) if args.out else None
-    if out is not None and (not out.parent.is_dir() or out.is_dir()):
-        raise ConfigError(f"--out {str(out)!r} must be a file in an existing folder")
+    out = check_output_file(args.out, example="policy.csv" if args.format == "csv" else "policy.json") if args.out else None
     record = PolicyRecord.load(policy_file(args.policy))
     config = _config(args, record)
     model = build_model(config.model, config.num_classes).eval()  # the architecture is enough: no weights, no data
@@ -534,11 +520,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out is None:
         print(text, end="")
         return 0
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    _write_out(out, lambda tmp: tmp.write_text(text))
     print(f"wrote {args.format} export of {args.policy} to {out}")
     return 0
+
+
+def _write_out(out: Path, write: Callable[[Path], object]) -> None:
+    """Write ``--out`` atomically; a path the operating system refuses is one ConfigError line."""
+    from autoprune.io import atomic_write, output_error
+
+    try:
+        atomic_write(out, write)
+    except OSError as e:
+        raise output_error(out, e) from None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -559,10 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        with show_status(not getattr(args, "quiet", False)):
+            return args.func(args)
     except AutopruneError as e:
         print(f"autoprune: error: {e}", file=sys.stderr)
         return 2

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from autoprune.console import status
 from autoprune.core.cost import LatencySettings
 from autoprune.core.evaluator import Evaluator
+from autoprune.core.importance import needs_gradients
+from autoprune.core.latency_table import latency_table_for
 from autoprune.core.proxy import Proxy, predict, recalibrate_batchnorm
+from autoprune.core.prune import Pruner
 from autoprune.core.reconstruct import Reconstructor
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.presets import EnvConfig, load_space
+from autoprune.presets import DEFAULT_ENV, EnvConfig, load_env, load_space
 from autoprune.zoo.datasets import CIFAR10_MEAN, CIFAR10_STD, load_split
 from autoprune.zoo.digits import pretrained_digits_cnn
 from autoprune.zoo.images import ImageSet
@@ -54,31 +61,8 @@ class Experiment:
         device: str = "cpu",
         latency: LatencySettings | None = None,
     ) -> Experiment:
-        """Build the network, load its weights and data, find its search space and make the Evaluator.
-
-        Raises:
-            AutopruneError: for an unknown model, missing/mismatched weights, missing data, bad space.
-        """
-        options = options or DataOptions()
-        model, source = load_network(config, options)
-        example_inputs = torch.zeros(config.input_shape)
-        _check_runs(model, example_inputs, config)
-        space = SearchSpace.from_model(model, example_inputs, load_space(config.search_space))
-        proxy_settings = dict(config.proxy)
-        proxy_split = _split(config, "proxy", options)
-        n_images = proxy_settings.pop("images", None)
-        recover = proxy_settings.pop("recover", None) or "bn"
-        if n_images is not None:
-            if n_images < 1:
-                raise ConfigError(f"proxy images must be >= 1, got {n_images}")
-            proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
-        calibration = _split(config, "calibration", options)
-        proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
-        evaluator = Evaluator(model, example_inputs, space, proxy, config.criterion, latency)
-        if recover == "reconstruct":
-            evaluator.recovery = Reconstructor(model, example_inputs, space, evaluator.pruner, torch.cat(proxy.calibration)
-                                               if proxy.calibration else torch.empty(0))
-        return cls(config, model, source, example_inputs, space, evaluator, options)
+        """:func:`build_experiment` of a resolved configuration (no overrides, latency measured)."""
+        return build_experiment(config, data=options, device=device, latency=latency)
 
     def split(self, role_or_name: str) -> ImageSet:
         """A data split by role (``proxy``, ``report``, ``calibration``) or by split name."""
@@ -93,6 +77,90 @@ class Experiment:
         data = self.split(split)
         images, labels = data.batch(slice(None), self.evaluator.proxy.device)
         return (predict(network, images, self.evaluator.proxy.batch_size) == labels).float().mean().item()
+
+
+OVERRIDES = ("model", "weights", "search_space", "criterion", "proxy_images")
+
+
+def build_experiment(
+    env: str | Path | EnvConfig = DEFAULT_ENV,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    data: DataOptions | None = None,
+    device: str = "cpu",
+    latency: LatencySettings | None = None,
+    latency_model: str | None = None,
+) -> Experiment:
+    """The one way to assemble an experiment: network and weights, data splits, search space, pruner, cost model,
+    proxy, recovery, latency model and the Evaluator that holds them.
+
+    Args:
+        env: an env preset name, a YAML file, or a resolved :class:`EnvConfig`.
+        overrides: command-line overrides of the preset: ``model``, ``weights``, ``search_space``,
+            ``criterion`` (a name or a Torch-Pruning importance object), ``proxy_images``; None values are ignored.
+        data: where data and weights come from.
+        device: where the proxy runs.
+        latency: latency settings; when given, every candidate's latency is measured.
+        latency_model: ``lut`` prices latency with the (cached) lookup table; ``measure`` or None time each
+            network.
+
+    Raises:
+        AutopruneError: for an unknown preset or model, missing or mismatched weights, missing data, a bad
+            space or override.
+    """
+    config = configure(env, overrides)
+    data = data or DataOptions()
+    if data.data_dir is not None and not data.download and not Path(data.data_dir).expanduser().is_dir():
+        raise ConfigError(f"data folder {str(data.data_dir)!r} (--data-dir) does not exist; pass an existing folder, "
+                          f"or add --download to fetch public data into it")
+    status(f"loading env {config.name} ({config.model})")
+    model, source = load_network(config, data)
+    example_inputs = torch.zeros(config.input_shape)
+    _check_runs(model, example_inputs, config)
+    status("building the search space")
+    space = SearchSpace.from_model(model, example_inputs, load_space(config.search_space))
+    status(f"loading the {config.dataset} data")
+    proxy_settings = dict(config.proxy)
+    proxy_split = _split(config, "proxy", data)
+    n_images = proxy_settings.pop("images", None)
+    recover = proxy_settings.pop("recover", None) or "bn"
+    if n_images is not None:
+        if n_images < 1:
+            raise ConfigError(f"proxy images must be >= 1, got {n_images}")
+        proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
+    calibration = _split(config, "calibration", data)
+    proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
+    criterion = config.criterion
+    pruner = Pruner(model, example_inputs, space, criterion, proxy.calibration if needs_gradients(criterion) else None)
+    recovery = None
+    if recover == "reconstruct":
+        recovery = Reconstructor(model, example_inputs, space, pruner,
+                                 torch.cat(proxy.calibration) if proxy.calibration else torch.empty(0))
+    table = None
+    if latency_model == "lut":
+        table = latency_table_for(model, example_inputs, space, latency, pruner.prune)
+    evaluator = Evaluator(model, example_inputs, space, proxy, criterion, latency, pruner=pruner, recovery=recovery,
+                          latency_table=table)
+    return Experiment(config, model, source, example_inputs, space, evaluator, data)
+
+
+def configure(env: str | Path | EnvConfig, overrides: Mapping[str, Any] | None = None) -> EnvConfig:
+    """The env preset (a name, a YAML file or a configuration) with the given overrides applied (a copy).
+
+    Raises:
+        ConfigError: for an unknown preset or override.
+    """
+    config = copy.deepcopy(env) if isinstance(env, EnvConfig) else load_env(str(env))
+    for key, value in (overrides or {}).items():
+        if key not in OVERRIDES:
+            raise ConfigError(f"unknown experiment override {key!r}; choose among {', '.join(OVERRIDES)}")
+        if value is None:
+            continue
+        if key == "proxy_images":
+            config.proxy = {**config.proxy, "images": value}
+        else:
+            setattr(config, key, value)
+    return config
 
 
 def load_network(config: EnvConfig, options: DataOptions) -> tuple[nn.Module, str]:

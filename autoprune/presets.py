@@ -10,10 +10,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from autoprune.core.space import SpaceConfig
 from autoprune.errors import ConfigError
+from autoprune.io import load_yaml
 
 DEFAULT_ENV = "digits-demo"
 SPLIT_ROLES = {"proxy", "report", "calibration"}
@@ -62,6 +61,8 @@ def space_names() -> list[str]:
 
 def _read_yaml(name_or_path: str, package: str, kind: str, names: list[str]) -> tuple[dict[str, Any], str]:
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and name_or_path not in names:
+        raise ConfigError(f"{kind} {name_or_path!r} is a folder; pass a YAML file or one of {', '.join(names)}")
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ConfigError(f"{kind} file {name_or_path!r} does not exist")
@@ -70,12 +71,11 @@ def _read_yaml(name_or_path: str, package: str, kind: str, names: list[str]) -> 
         text, label = resources.files(package).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
     else:
         raise ConfigError(f"unknown {kind} {name_or_path!r}; choose one of {', '.join(names)} or pass a YAML file")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{kind} {name_or_path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    doc = load_yaml(text, f"{kind} {name_or_path!r}")
+    if doc is None:
+        raise ConfigError(f"{kind} {name_or_path!r} is empty; write a YAML mapping of its settings in it")
     if not isinstance(doc, dict):
-        raise ConfigError(f"{kind} {name_or_path!r} must be a YAML mapping")
+        raise ConfigError(f"{kind} {name_or_path!r} must be a YAML mapping of settings, not a {type(doc).__name__}")
     return doc, label
 
 

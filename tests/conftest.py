@@ -57,8 +57,10 @@ def tree(root: Path) -> set[str]:
 
 @pytest.fixture
 def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[..., str]:
-    """Run the CLI and check the error contract: status 2, one ``autoprune ...`` line on stderr, no traceback,
-    nothing written under tmp_path (the working directory); returns the error line."""
+    """Run the CLI and check the error contract: status 2, one ``autoprune ...`` line on stderr besides the stage
+    lines (``loading env ... ...``) before it, no traceback, nothing written under tmp_path (the working
+    directory); returns the error line."""
+    from autoprune.console import STATUS_SUFFIX
 
     def run(*argv: str) -> str:
         before = tree(tmp_path)
@@ -66,6 +68,8 @@ def fails(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable[
         assert code == 2, out + err
         assert "Traceback" not in out + err
         lines = err.splitlines()
+        while len(lines) > 1 and lines[0].endswith(STATUS_SUFFIX):
+            lines.pop(0)
         assert len(lines) == 1 and lines[0].startswith("autoprune"), err
         assert tree(tmp_path) == before, "files were written"
         return lines[0]

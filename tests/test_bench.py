@@ -67,7 +67,7 @@ def test_cell_flops_are_fvcore_counts_of_the_rebuilt_network(quick):
 def test_quick_report_structure(quick):
     md = (quick / "digits-demo.md").read_text()
     for line in ("- date:", "- machine:", "- python", "- command: `autoprune bench --quick", "- dense network, scored "
-                 "exactly like a candidate: proxy", "- fine-tune, the same for every method: 1 epoch(s)"):
+                 "exactly like a candidate: proxy", "- fine-tune, the same for every method: 1 epoch of"):
         assert line in md, line
     for budget in BUDGETS:
         section = md.split(f"## {budget}\n", 1)[1].split("\n## ", 1)[0]

@@ -1,6 +1,7 @@
 """The README's main command end to end on the offline digits demo, then evaluate and apply."""
 
 import json
+import re
 
 import pandas as pd
 import torch
@@ -46,3 +47,38 @@ def test_uniform_and_list(cli, tmp_path):
     assert max(kept_fractions) - min(kept_fractions) < 0.07  # one ratio, up to channel rounding
     code, out, _ = cli("list")
     assert code == 0 and "resnet56-cifar10" in out and "uniform" in out
+
+
+def test_main_command_says_what_it_does_on_stderr(cli, tmp_path, monkeypatch):
+    """Cold cache: a line per stage from the first, then one plain progress line (stderr is no terminal here)."""
+    from autoprune.zoo import digits
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(digits, "_train", lambda train: digits.DigitsCNN().eval())  # the stage, not its 20 s
+    code, out, err = cli("search", "--budget", "0.5flops", "--evals", "3", "--out", "run")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[:4] == [
+        "loading env digits-demo (digits-cnn) ...",
+        f"training the digits demo network once (10-20 s on one CPU thread; cached in {tmp_path / 'cache' / 'weights'}) ...",
+        "building the search space ...",
+        "loading the digits data ...",
+    ]
+    assert re.fullmatch(r"random: 3/3 evals, best \d+\.\d\d% at 0\.\d{3} FLOPs, \d+ s", lines[4]), lines[4]
+    assert lines[5:] == ["scoring the best policy and the dense network on the test split, writing run ..."]
+    assert "\r" not in err and "3 evaluations recorded" in out
+
+    code, out, err = cli("search", "--budget", "0.5flops", "--evals", "1", "--out", "quiet", "--quiet")
+    assert code == 0 and err == ""
+    assert "1 evaluation recorded in" in out  # not "1 evaluations"
+
+
+def test_progress_on_a_log_file_is_plain_lines(cli, monkeypatch):
+    """stderr captured (not a terminal): no carriage returns, a line with the counts at each interval."""
+    monkeypatch.setattr("autoprune.console.PLAIN_EVERY_S", 0.0)
+    code, _, err = cli("search", "--budget", "0.5flops", "--evals", "3", "--out", "run")
+    assert code == 0, err
+    assert "\r" not in err
+    progress = [line for line in err.splitlines() if line.startswith("random: ")]
+    assert [line.split(",")[0] for line in progress] == ["random: 1/3 evals", "random: 2/3 evals", "random: 3/3 evals"]
+    assert all(re.search(r", best \d+\.\d\d% at 0\.\d{3} FLOPs, \d+ s$", line) for line in progress), progress

@@ -79,8 +79,24 @@ def test_search_rejects_budget(fails: Callable[..., str], budget: str, key: str)
     assert key in fails("search", f"--budget={budget}")
 
 
-def test_search_rejects_budget_that_looks_like_an_option(fails: Callable[..., str]) -> None:
-    assert "--budget" in fails("search", "--budget", "-3ms")
+@pytest.mark.parametrize("argv", [["search", "--budget"], ["pick", "run", "--budget"], ["bench", "--budgets"]])
+def test_budget_that_looks_like_an_option_reaches_the_budget_parser(fails: Callable[..., str], argv: list[str]) -> None:
+    line = fails(*argv, "-3ms")  # argparse alone says "expected one argument"
+    assert line.startswith("autoprune: error: cannot parse budget '-3ms'"), line
+
+
+@pytest.mark.parametrize(
+    "budget, dense",
+    [("3MFLOPs", "(2.69M FLOPs (MACs))"), ("0.2Mparams", "(0.1405M params)")],  # the digits demo: 2.69M FLOPs, 140k params
+)
+def test_search_rejects_budget_above_dense_cost(fails: Callable[..., str], budget: str, dense: str) -> None:
+    line = fails("search", "--budget", budget, "--out", "run")
+    assert f"budget {budget} is above the dense network's cost {dense}; nothing to prune" in line
+
+
+def test_unreachable_budget_message_has_units(fails: Callable[..., str]) -> None:
+    line = fails("search", "--budget", "0.01flops")
+    assert "cannot be met" in line and line.count("M FLOPs (MACs)") == 2  # what is left, and the limit
 
 
 def _checkpoint(kind: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,3 +266,102 @@ def test_subprocess_bad_budget(tmp_path: Path) -> None:
     assert proc.stderr.startswith("autoprune") and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "'0.5bananas'" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "kind, trust, line",
+    [
+        pytest.param("object", False, "autoprune: error: checkpoint 'ckpt.th' holds pickled objects "
+                     "(tests.test_cli_errors._Opaque) that weights_only loading refuses; --trust-checkpoint loads it, "
+                     "which runs code from the file: only for files you trust", id="pickled-objects"),
+        *(pytest.param(kind, trust, "autoprune: error: checkpoint 'ckpt.th' is not a PyTorch checkpoint (corrupt, "
+                       "truncated or another format); no option can load it: pass a file written by torch.save",
+                       id=f"{kind}{'-trusted' if trust else ''}")
+          for kind in ("random", "truncated", "empty") for trust in (False, True)),
+    ],
+)
+def test_checkpoint_messages_do_not_repeat_pytorch_advice(
+    fails: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, trust: bool, line: str
+) -> None:
+    """A refused pickled object names --trust-checkpoint and its risk; garbage bytes get no trust advice at all."""
+    _checkpoint(kind, tmp_path / "ckpt.th", monkeypatch)
+    message = fails("search", *BUDGET, "--weights", "ckpt.th", *(["--trust-checkpoint"] if trust else []))
+    assert message == line
+    assert "weights_only=False" not in message and "will likely succeed" not in message
+
+
+def test_apply_state_dict_honours_trust_checkpoint(
+    fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice to pass --trust-checkpoint holds for --state-dict too: apply reads it with the option."""
+    policy = edited_policy(policy_doc, tmp_path / "policy.json", lambda d: None)
+    _checkpoint("object", tmp_path / "ckpt.th", monkeypatch)
+    assert "--trust-checkpoint loads it" in fails("apply", policy, "--state-dict", "ckpt.th", "--out", "pruned.pt")
+    trusted = fails("apply", policy, "--state-dict", "ckpt.th", "--out", "pruned.pt", "--trust-checkpoint")
+    assert trusted == "autoprune: error: checkpoint 'ckpt.th' holds no state dict of tensors"
+
+
+def _extra_ratio(doc: dict[str, Any]) -> None:
+    doc["ratios"]["no_such_unit"] = 0.5  # channels untouched: only the ratios name it
+
+
+@pytest.mark.parametrize("command", ["export", "apply", "evaluate", "finetune"])
+def test_rejects_policy_whose_ratios_name_a_unit_the_model_lacks(
+    fails: Callable[..., str], tmp_path: Path, policy_doc: dict[str, Any], command: str
+) -> None:
+    policy = edited_policy(policy_doc, tmp_path / "policy.json", _extra_ratio)
+    argv = {"export": ["export", policy, "--format", "torch-pruning"], "apply": ["apply", policy, "--out", "p.pt"],
+            "evaluate": ["evaluate", "--policy", policy], "finetune": ["finetune", policy, "--out", "ft"]}[command]
+    assert fails(*argv) == ("autoprune: error: policy units ['no_such_unit'] are not in digits-cnn's search space "
+                            "'all-convs'; this policy was made for another network or space")
+
+
+def _files(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "list.yaml").write_text("- model\n")
+    (tmp_path / "not-json.json").write_text("not json\n")
+    (tmp_path / "text.pt").write_text("hello\n")
+
+
+NEWCOMER_CASES = [  # bad inputs a newcomer tries first, and the one line each gets
+    (["search", *BUDGET, "--evals", "0"], "autoprune: error: --evals (--episodes) must be >= 1, got 0"),
+    (["search", *BUDGET, "--evals", "abc"],
+     "autoprune search: error: argument --evals/--episodes: invalid int value: 'abc' (see autoprune search --help)"),
+    (["search", *BUDGET, "--seed", "-1"], "autoprune: error: --seed must be in 0..4294967295, got -1"),
+    (["search", *BUDGET, "--seed", "4294967296"], "autoprune: error: --seed must be in 0..4294967295, got 4294967296"),
+    (["search", *BUDGET, "--workers", "0"], "autoprune: error: --workers must be >= 1, got 0"),
+    (["search", *BUDGET, "--env", "folder"], "autoprune: error: env preset 'folder' is a folder; pass a YAML file or "
+     "one of digits-demo, resnet20-cifar10, resnet56-cifar10"),
+    (["search", *BUDGET, "--env", "empty.yaml"],
+     "autoprune: error: env preset 'empty.yaml' is empty; write a YAML mapping of its settings in it"),
+    (["search", *BUDGET, "--env", "list.yaml"],
+     "autoprune: error: env preset 'list.yaml' must be a YAML mapping of settings, not a list"),
+    (["search", *BUDGET, "--space", "empty.yaml"],
+     "autoprune: error: search space 'empty.yaml' is empty; write a YAML mapping of its settings in it"),
+    (["search", *BUDGET, "--weights", "folder"],
+     "autoprune: error: checkpoint 'folder' is a folder; pass a checkpoint file with --weights"),
+    (["search", *BUDGET, "--data-dir", "no-such-folder"], "autoprune: error: data folder 'no-such-folder' (--data-dir) "
+     "does not exist; pass an existing folder, or add --download to fetch public data into it"),
+    (["search", "--budget", "-0.5flops"], "autoprune: error: cannot parse budget '-0.5flops'"),
+    (["evaluate", "--split", "nonsense"],
+     "autoprune: error: digits has splits ('train', 'val', 'test') (plus -search/-report halves), got 'nonsense'"),
+    (["evaluate", "--policy", "not-json.json"], "autoprune: error: policy file 'not-json.json' is not valid JSON"),
+    (["pick", "folder", "--budget", "0.4"], "autoprune: error: cannot parse budget '0.4'"),
+    (["finetune", "not-json.json", "--epochs", "-1", "--out", "ft"], "autoprune: error: --epochs must be >= 0, got -1"),
+    (["finetune", "not-json.json", "--lr", "-1e-3", "--out", "ft"], "autoprune: error: --lr must be > 0, got -0.001"),
+    (["finetune", "not-json.json", "--seed", "-1", "--out", "ft"],
+     "autoprune: error: --seed must be in 0..4294967295, got -1"),
+    (["export", "not-json.json", "--format", "nonsense"],
+     "autoprune: error: unknown export format 'nonsense'; choose one of torch-pruning, nni, nni2, csv"),
+    (["apply", "not-json.json", "--out", "p.pt"], "autoprune: error: policy file 'not-json.json' is not valid JSON"),
+    (["sensitivity", "--ratios", "abc"], "autoprune: error: cannot parse ratio grid 'abc'; write start:stop:step "
+     "(0.1:0.9:0.1) or a list (0.2,0.5,0.8)"),
+    (["bench", "--seeds", "0", "--quick"], "autoprune: error: --seeds must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv, line", NEWCOMER_CASES, ids=[" ".join(a) for a, _ in NEWCOMER_CASES])
+def test_newcomer_bad_inputs(fails: Callable[..., str], tmp_path: Path, argv: list[str], line: str) -> None:
+    _files(tmp_path)
+    assert fails(*argv).startswith(line)

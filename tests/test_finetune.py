@@ -120,7 +120,7 @@ def test_distill_via_cli(cli, policy):
     code, out, err = cli("finetune", str(policy), "--epochs", "1", "--distill", "--temperature", "2",
                          "--distill-weight", "0.5", "--out", "kd", "--quiet")
     assert code == 0, err
-    assert "after 1 epochs" in out
+    assert "after 1 epoch " in out  # not "1 epochs"
 
 
 def test_reconstruction_beats_batchnorm_recalibration_on_digits(digits, policy):

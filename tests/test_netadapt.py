@@ -92,14 +92,14 @@ def test_netadapt_rejects_bad_options(digits, options, key):
 
 
 def test_short_finetune_ranks_fine_tuned_candidates(digits):
-    with pytest.raises(ConfigError, match="scored nothing yet"):  # this Evaluator already holds plain scores
-        NetAdaptSearcher(digits.evaluator, Budget.parse("0.5flops"), evals=5, short_ft_steps=2)
-    fresh = Experiment.from_config(load_env("digits-demo"))
-    searcher = NetAdaptSearcher(fresh.evaluator, Budget.parse("0.5flops"), evals=6, short_ft_steps=2)
-    assert isinstance(fresh.evaluator.recovery, ShortFinetune)
+    scored = digits.evaluator.count
+    searcher = NetAdaptSearcher(digits.evaluator, Budget.parse("0.5flops"), evals=6, short_ft_steps=2)
+    assert isinstance(searcher.evaluator.recovery, ShortFinetune)  # on its own copy: the shared Evaluator is unchanged
+    assert digits.evaluator.recovery is None and searcher.evaluator is not digits.evaluator
     result = searcher.search()
     assert result.evaluations == 6 and all(c.ok for c in result.candidates)
     assert result.candidates[0].timings["recover"] > 0
+    assert digits.evaluator.count == scored  # none of its cached plain scores stood in for a fine-tuned one
 
 
 def test_netadapt_stops_on_measured_latency(digits_timed):

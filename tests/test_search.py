@@ -8,7 +8,7 @@ from autoprune.core.cost import fvcore_flops
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
-from autoprune.run.directory import TrialRecorder
+from autoprune.run.record import TrialRecorder
 from autoprune.search import SEARCHERS, get_searcher
 
 EVALS = 6

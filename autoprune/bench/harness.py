@@ -27,11 +27,13 @@ from typing import Any
 
 from autoprune.bench.machine import library_versions, machine_description
 from autoprune.bench.settings import BenchSettings
+from autoprune.console import Progress, plural
 from autoprune.core.cost import count_params, measure_latency
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
 from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings
+from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.run.search import SearchSettings, search_in_process
 from autoprune.search import get_searcher
 from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
@@ -71,13 +73,11 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, 
     """
     settings.check()
     check_identity(settings)
-    from tqdm import tqdm
-
+    prepare_output_dir(settings.out, new=False)
     _write_json(settings.cell_dir / "bench.json", settings.identity())
     todo = [c for c in settings.cells() if not settings.cell_path(c[1], c[2], c[0]).is_file()]
     best: dict[str, float] = {}
-    with tqdm(total=len(settings.cells()), initial=len(settings.cells()) - len(todo), desc="bench", unit="cell",
-              disable=not progress, position=0) as bar:
+    with Progress(len(settings.cells()), "bench", "cell", progress, initial=len(settings.cells()) - len(todo)) as bar:
         for seed, budget, spec in todo:
             path = settings.cell_path(budget, spec, seed)
             with claim(path) as mine:
@@ -87,8 +87,8 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, 
                 cell = run_cell(settings, budget, spec, seed, progress)
                 _write_json(path, cell)
             best[budget] = max(best.get(budget, 0.0), cell["report_acc"])
-            bar.set_postfix_str(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
-            bar.update(1)
+            bar.set_postfix(", ".join(f"best {b} {100 * a:.2f}%" for b, a in best.items()))
+            bar.update()
     return finished_cells(settings)
 
 
@@ -113,6 +113,7 @@ def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: b
     from autoprune.bench.report import write_report
 
     settings.check()
+    check_output_dir(settings.out, new=False)
     check_identity(settings)
     exp = dense_experiment(settings)
     if not report_only:
@@ -192,7 +193,7 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     result = searcher.result
     best = result.best
     if best is None:
-        raise ConfigError(f"{spec} found no policy within {budget} in {settings.evals} evaluations")
+        raise ConfigError(f"{spec} found no policy within {budget} in {plural(settings.evals, 'evaluation')}")
     network = exp.evaluator.build(best.policy)
     cell: dict[str, Any] = {
         "format": CELL_FORMAT, "method": spec, "seed": seed, "budget": search.budget, "evals": result.evaluations,
@@ -272,6 +273,4 @@ def dense_baseline(settings: BenchSettings, exp: Experiment | None = None) -> di
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")

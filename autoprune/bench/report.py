@@ -17,6 +17,7 @@ import pandas as pd
 
 from autoprune.bench.machine import machine_header
 from autoprune.bench.settings import BenchSettings, parse_method
+from autoprune.console import plural
 from autoprune.core.cost import FLOPS_LABEL
 from autoprune.errors import ConfigError
 from autoprune.plotting import pyplot, save_figure
@@ -155,12 +156,12 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
         f"`{env['splits']['calibration']}` images; {FLOPS_LABEL}; the same budget projection",
         f"- test accuracy: the `{env['splits']['report']}` split (disjoint from the proxy split), BN recalibrated the "
         f"same way, no fine-tuning" + ("" if not settings.latency else
-                                       f"; latency: median of 30 forward passes, batch 1, {settings.threads} "
-                                       f"CPU thread(s), on {settings.device}"),
-        f"- {settings.evals} evaluations per cell (episodes for rl methods, a third of them warm-up up to 100); "
+                                       f"; latency: median of 30 forward passes, batch 1, "
+                                       f"{plural(settings.threads, 'CPU thread')}, on {settings.device}"),
+        f"- {plural(settings.evals, 'evaluation')} per cell (episodes for rl methods, a third of them warm-up up to 100); "
         f"seeds {', '.join(map(str, range(settings.seeds)))}; {' and '.join(methods_where('deterministic'))} are deterministic and run one seed; "
         f"NetAdapt's first step is sized so that its iterations fit the evaluations",
-        ("- fine-tune, the same for every method: " + f"{settings.finetune_epochs} epoch(s) of SGD (lr 0.01, momentum "
+        ("- fine-tune, the same for every method: " + f"{plural(settings.finetune_epochs, 'epoch')} of SGD (lr 0.01, momentum "
          f"0.9, cosine) on {settings.finetune_images or 'all'} `{env['splits']['calibration']}` images, from the "
          "BN-recalibrated pruned network") if finetuned else "- no fine-tuning (--finetune-epochs 0)",
         f"- dense network, scored exactly like a candidate: proxy {100 * dense['proxy_acc']:.2f}%, test "
@@ -172,7 +173,7 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
     ]
     if scan is not None:
         cost = f"{scan['seconds']:.0f} s" if scan.get("seconds") is not None else "read from an earlier cache"
-        lines.append(f"- the sensitivity scan behind `sensitivity` and the `+sensitivity` priors ({scan['evaluations']} evaluations, ratios {scan['ratios']}, "
+        lines.append(f"- the sensitivity scan behind `sensitivity` and the `+sensitivity` priors ({plural(scan['evaluations'], 'evaluation')}, ratios {scan['ratios']}, "
                      f"{cost}) is made once and shared by those cells at every budget and seed; it is not counted in "
                      f"their evaluations or search time")
     for budget in dict.fromkeys(frame["budget"]):

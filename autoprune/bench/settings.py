@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.core.budget import Budget
+from autoprune.core.metrics import get_metric
 from autoprune.errors import ConfigError
 from autoprune.run.search import SearchSettings
 from autoprune.search import SEARCHERS, get_searcher, methods_accepting, methods_where
@@ -86,7 +87,7 @@ class BenchSettings:
         for spec in self.methods:
             cls = get_searcher(parse_method(spec)[0])
             for text in self.budgets:
-                if cls.exact_cost_only and Budget.parse(text).metric == "latency":
+                if cls.exact_cost_only and get_metric(Budget.parse(text).metric).measured:
                     raise ConfigError(f"{spec} cannot search the latency budget {text} (it needs exact costs); "
                                       f"benchmark {', '.join(methods_where('exact_cost_only'))} on flops or params "
                                       f"budgets")

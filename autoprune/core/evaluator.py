@@ -19,6 +19,7 @@ from torch import nn
 
 from autoprune.core.cost import CostModel, LatencySettings, measure_latency
 from autoprune.core.importance import needs_gradients
+from autoprune.core.metrics import BudgetMetric, get_metric, recorded_metrics
 from autoprune.core.policy import Policy
 from autoprune.core.proxy import Proxy
 from autoprune.core.prune import Pruner
@@ -49,6 +50,8 @@ class Candidate:
             ``latency`` and ``total``.
         cached: whether the result was answered from the cache.
         meta: what the searcher attached (method name, raw sample, ...).
+        costs: the cost of every registered metric without a field of its own (see
+            :func:`~autoprune.core.metrics.register_metric`), keyed by the metric's column.
     """
 
     index: int
@@ -63,11 +66,17 @@ class Candidate:
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """Whether the evaluation succeeded."""
         return self.status == "ok"
+
+    def value(self, metric: str | BudgetMetric) -> float | None:
+        """The candidate's cost in a registered metric (None where it was not measured)."""
+        m = get_metric(metric) if isinstance(metric, str) else metric
+        return getattr(self, m.attribute) if m.attribute is not None else self.costs.get(m.column)
 
 
 class Evaluator:
@@ -81,6 +90,16 @@ class Evaluator:
         criterion: channel-selection criterion of the pruner: a registered name or a Torch-Pruning importance
             object; one that needs gradients (``taylor``) takes them on the proxy's calibration images.
         latency: latency settings; when given, every candidate's latency is measured.
+        pruner: the pruner to build networks with (default: a new one on ``model``, ``space`` and ``criterion``).
+        recovery: applied to every pruned network before scoring (e.g. a
+            :class:`~autoprune.core.reconstruct.Reconstructor`); a recovered network keeps the BatchNorm
+            statistics the recovery leaves instead of being recalibrated.
+        latency_table: a latency lookup table: ``cost_of("latency")`` then predicts from it instead of
+            timing each pruned network (a candidate's ``latency_ms`` stays measured when ``latency`` is given).
+
+    Everything an evaluation depends on is given here and never changed afterwards; a searcher that
+    needs another recovery works on :meth:`with_recovery`'s copy. ``observers`` (callables that receive
+    every candidate: the run's records) may be appended to.
     """
 
     def __init__(
@@ -91,6 +110,10 @@ class Evaluator:
         proxy: Proxy,
         criterion: str | tp.importance.Importance = "l1",
         latency: LatencySettings | None = None,
+        *,
+        pruner: Pruner | None = None,
+        recovery: Callable[[nn.Module, Mapping[str, int]], None] | None = None,
+        latency_table: LatencyTable | None = None,
     ) -> None:
         self.model = model.eval()
         self.example_inputs = example_inputs
@@ -98,21 +121,25 @@ class Evaluator:
         self.proxy = proxy
         self.latency = latency
         calibration = proxy.calibration if needs_gradients(criterion) else None
-        self.pruner = Pruner(model, example_inputs, space, criterion, calibration)
+        self.pruner = pruner or Pruner(model, example_inputs, space, criterion, calibration)
         self.pruner.check_prunable()
         self.cost = CostModel(model, example_inputs, space, self.pruner.prune)
         proxy.use_reference(model)
         self.observers: list[Callable[[Candidate], None]] = []
-        # Optional recovery applied to every pruned network before scoring (e.g. a reconstruct.Reconstructor);
-        # a recovered network keeps the BatchNorm statistics the recovery leaves instead of being recalibrated.
-        self.recovery: Callable[[nn.Module, Mapping[str, int]], None] | None = None
-        # Optional latency lookup table: cost_of("latency") then predicts from it instead of timing each pruned
-        # network (a candidate's latency_ms stays measured when latency settings are given).
-        self.latency_table: LatencyTable | None = None
+        self.recovery = recovery
+        self.latency_table = latency_table
         self._cache: dict[tuple[int, ...], Candidate] = {}
         self._latency_cache: dict[tuple[int, ...], float] = {}
         self.count = 0
         self.seconds = {"total": 0.0, "forward": 0.0}
+
+    def with_recovery(self, recovery: Callable[[nn.Module, Mapping[str, int]], None]) -> Evaluator:
+        """A copy that recovers every pruned network with ``recovery``: same network, pruner, cost model, proxy,
+        latency settings and observers, its own cache (its scores differ from this Evaluator's)."""
+        copy = Evaluator(self.model, self.example_inputs, self.space, self.proxy, self.pruner.criterion, self.latency,
+                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table)
+        copy.observers = self.observers
+        return copy
 
     def kept(self, policy: Mapping[str, float]) -> dict[str, int]:
         """Channels each unit keeps under ``policy``."""
@@ -150,12 +177,20 @@ class Evaluator:
             observer(candidate)
         return candidate
 
+    def remember(self, candidate: Candidate) -> None:
+        """Take a candidate evaluated before (a resumed run's record) as if this Evaluator had scored it: later
+        evaluations of its kept channels are cache hits, and new candidates are numbered after it. Observers are
+        not called (it is already recorded)."""
+        self._cache.setdefault(tuple(candidate.kept[n] for n in self.space.names), candidate)
+        self.count = max(self.count, candidate.index + 1)
+
     def _measure(self, policy: Policy, kept: dict[str, int], key: tuple[int, ...], meta: dict[str, Any], start: float) -> Candidate:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         flops, params = self.cost.flops(kept), self.cost.params(kept)
+        costs = {m.column: m.cost(self)(kept) for m in recorded_metrics()}
         timings["cost"] = time.perf_counter() - t
-        base = dict(index=self.count, policy=policy, kept=kept, flops=flops, params=params, meta=meta)
+        base = dict(index=self.count, policy=policy, kept=kept, flops=flops, params=params, meta=meta, costs=costs)
         try:
             t = time.perf_counter()
             network = self.pruner.prune(kept)
@@ -188,27 +223,25 @@ class Evaluator:
             )
         return self._latency_cache[key]
 
+    def measured_latency(self, kept: Mapping[str, int]) -> float:
+        """Latency (ms) of the network keeping ``kept`` channels, measured once per layout on this device."""
+        key = tuple(kept.get(n, self.space.unit(n).channels) for n in self.space.names)
+        if key not in self._latency_cache:
+            self._latency(self.pruner.prune(kept), key)
+        return self._latency_cache[key]
+
     def cost_of(self, metric: str) -> Callable[[Mapping[str, int]], float]:
-        """A function from kept channels to ``flops``, ``params`` or ``latency`` (ms: predicted by the latency
-        table when one is set, otherwise measured)."""
-        if metric == "flops":
-            return self.cost.flops
-        if metric == "params":
-            return self.cost.params
-        if self.latency_table is not None:
-            return self.latency_table.predict
+        """A function from kept channels to the cost in a registered metric: ``flops``, ``params``, ``latency``
+        (ms: predicted by the latency table when one is set, otherwise measured), ...
 
-        def latency(kept: Mapping[str, int]) -> float:
-            key = tuple(kept.get(n, self.space.unit(n).channels) for n in self.space.names)
-            if key not in self._latency_cache:
-                self._latency(self.pruner.prune(kept), key)
-            return self._latency_cache[key]
-
-        return latency
+        Raises:
+            ConfigError: for a metric that is not registered.
+        """
+        return get_metric(metric).cost(self)
 
     def dense_cost(self, metric: str) -> float:
-        """Cost of the dense network in ``metric``."""
-        return self.cost_of(metric)({u.name: u.channels for u in self.space.units})
+        """Cost of the dense network in a registered ``metric``."""
+        return get_metric(metric).dense_cost(self)
 
     @property
     def overhead_fraction(self) -> float:

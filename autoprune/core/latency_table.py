@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.console import status
 from autoprune.core.budget import Budget
 from autoprune.core.cost import (
     LatencySettings,
@@ -54,6 +55,7 @@ from autoprune.core.prune import Pruner
 from autoprune.core.space import SearchSpace, Unit
 from autoprune.core.threads import torch_threads
 from autoprune.errors import ConfigError
+from autoprune.io import atomic_write_text
 from autoprune.zoo.images import cache_dir
 
 TABLE_FORMAT = "autoprune-latency-table-v1"
@@ -442,6 +444,7 @@ def latency_table_for(
     try:
         table = LatencyTable.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: time it (again)
+        status(f"timing the latency lookup table once for this machine (cached in {path.parent})")
         table = LatencyTable.build(model, example_inputs, space, settings, prune, points, pair_points)
         _write(path, table.to_json())
         return table
@@ -452,6 +455,4 @@ def latency_table_for(
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import PolicyError
+from autoprune.io import atomic_write_text
 
 POLICY_FORMAT = "autoprune-policy"
 POLICY_VERSION = 1
@@ -64,7 +65,7 @@ class PolicyRecord:
         channels: per unit, ``{"dense": C, "kept": k}``: the channel counts actually achieved.
         model: zoo name of the network.
         input_shape: shape of one example input, batch dimension included.
-        criterion: channel-selection criterion (``l1``, ``l2`` or ``bn_scale``).
+        criterion: channel-selection criterion (a registered name: ``l1``, ``l2``, ``bn_scale``, ``lamp``, ``taylor``).
         round_to: channel rounding per unit.
         budget: the budget string, e.g. ``0.5flops``.
         metrics: measured metrics of the pruned network (FLOPs are MACs, counted by fvcore).
@@ -96,9 +97,7 @@ class PolicyRecord:
         """Write the record as versioned JSON (written to a temporary file, then renamed)."""
         path = Path(path)
         doc = {"format": POLICY_FORMAT, "version": POLICY_VERSION, **asdict(self)}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> PolicyRecord:

@@ -11,14 +11,35 @@ from autoprune.errors import BudgetError
 CostFn = Callable[[Mapping[str, int]], float]
 
 
-def check_reachable(space: SearchSpace, cost: CostFn, limit: float, what: str) -> None:
-    """Raise :class:`BudgetError` if even the largest ratios of the space exceed ``limit``."""
+def check_reachable(space: SearchSpace, cost: CostFn, limit: float, what: str, dense: float | None = None,
+                    show: Callable[[float], str] | None = None) -> None:
+    """Raise :class:`BudgetError` if even the largest ratios of the space exceed ``limit``, or if ``limit`` is
+    above the ``dense`` network's cost (when given: nothing would be pruned).
+
+    ``show`` formats an amount with its unit for the message (default: the bare number).
+    """
+    show = show or _plain
+    if dense is not None:
+        check_below_dense(limit, dense, what, show)
     floor = cost({u.name: u.min_kept for u in space.units})
     if floor > limit:
         raise BudgetError(
             f"budget {what} cannot be met: pruning every unit to its max_ratio still leaves "
-            f"{floor:,.4g} against a limit of {limit:,.4g}; raise the budget or widen the search space's max_ratio"
+            f"{show(floor)} against a limit of {show(limit)}; raise the budget or widen the search space's max_ratio"
         )
+
+
+def check_below_dense(limit: float, dense: float, what: str, show: Callable[[float], str] | None = None) -> None:
+    """Raise :class:`BudgetError` if ``limit`` is above the dense network's cost: the budget prunes nothing."""
+    if limit > dense:
+        raise BudgetError(
+            f"budget {what} is above the dense network's cost ({(show or _plain)(dense)}); nothing to prune: "
+            f"choose a budget below it"
+        )
+
+
+def _plain(value: float) -> str:
+    return f"{value:,.4g}"
 
 
 def project(shape: Mapping[str, float], space: SearchSpace, cost: CostFn, limit: float, fill: bool = True) -> Policy:

@@ -32,8 +32,9 @@ def policy_file(path: str | Path) -> Path:
 
 
 def check_fits(record: PolicyRecord, space: SearchSpace, model: str, space_name: str) -> None:
-    """Raise :class:`PolicyError` unless every unit of the policy is a unit of ``space`` with the same channels."""
-    missing = [n for n in record.channels if n not in space.names]
+    """Raise :class:`PolicyError` unless every unit the policy names (in ``ratios`` or ``channels``) is a unit of
+    ``space`` with the same channels."""
+    missing = [n for n in dict.fromkeys([*record.ratios, *record.channels]) if n not in space.names]
     if missing:
         raise PolicyError(f"policy units {missing[:3]} are not in {model}'s search space {space_name!r}; "
                           f"this policy was made for another network or space")
@@ -49,14 +50,15 @@ def kept_channels(record: PolicyRecord, space: SearchSpace) -> dict[str, int]:
     return {u.name: record.channels.get(u.name, {}).get("kept", u.channels) for u in space.units}
 
 
-def load_state_dict_checked(network: nn.Module, path: str | Path) -> None:
-    """Load a saved state dict into a rebuilt network, after checking its keys and shapes.
+def load_state_dict_checked(network: nn.Module, path: str | Path, trust: bool = False) -> None:
+    """Load a saved state dict into a rebuilt network, after checking its keys and shapes (``trust``: unpickle
+    arbitrary objects, see :func:`~autoprune.zoo.weights.read_state_dict`).
 
     Raises:
         WeightsError: if the file cannot be read, holds no state dict, or does not fit ``network``.
     """
     path = Path(path)
-    state = read_state_dict(path)
+    state = read_state_dict(path, trust)
     expected = network.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from torch import nn
 from autoprune.core.policy import PolicyRecord
 from autoprune.core.rebuild import POLICY_FILE
 from autoprune.errors import ConfigError, UnsupportedModelError
+from autoprune.io import atomic_write
 
 MODEL_FILE = "pruned.pt"
 PROGRAM_FILE = "pruned.pt2"
@@ -77,12 +76,12 @@ def save_network(
     program = export_program(network, example_inputs)
     files = {"torch.save": MODEL_FILE, "torch.export": PROGRAM_FILE, "state_dict": STATE_DICT_FILE,
              "policy": POLICY_FILE}
-    _atomic(out_dir / MODEL_FILE, lambda p: torch.save(network, p))
-    _atomic(out_dir / PROGRAM_FILE, lambda p: torch.export.save(program, p))
-    _atomic(out_dir / STATE_DICT_FILE, lambda p: torch.save(network.state_dict(), p))
+    atomic_write(out_dir / MODEL_FILE, lambda p: torch.save(network, p))
+    atomic_write(out_dir / PROGRAM_FILE, lambda p: torch.export.save(program, p))
+    atomic_write(out_dir / STATE_DICT_FILE, lambda p: torch.save(network.state_dict(), p))
     record.save(out_dir / POLICY_FILE)
     if onnx:
-        _atomic(out_dir / ONNX_FILE, lambda p: _export_onnx(program, p))
+        atomic_write(out_dir / ONNX_FILE, lambda p: _export_onnx(program, p))
         files["onnx"] = ONNX_FILE
     return files
 
@@ -90,12 +89,3 @@ def save_network(
 def _export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
         torch.onnx.export(program, f=str(path), input_names=["input"], output_names=["logits"], verbose=False)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)

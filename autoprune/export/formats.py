@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.core.space import SearchSpace, Unit
 from autoprune.errors import ConfigError
 
-FORMATS = ("torch-pruning", "nni", "nni2", "csv")
+Exporter = Callable[[PolicyRecord, SearchSpace, nn.Module], str]
 CSV_COLUMNS = ("unit", "dense_channels", "kept_channels", "ratio", "flops_share")
 
 
@@ -149,18 +149,36 @@ def csv_table(record: PolicyRecord, space: SearchSpace, model: nn.Module) -> str
     return out.getvalue()
 
 
+def _json(build: Callable[[PolicyRecord, SearchSpace, nn.Module], Any]) -> Exporter:
+    return lambda record, space, model: json.dumps(build(record, space, model), indent=2) + "\n"
+
+
+FORMATS: dict[str, Exporter] = {
+    "torch-pruning": _json(lambda record, space, model: torch_pruning_ratios(record)),
+    "nni": _json(nni_config_list),
+    "nni2": _json(nni2_config_list),
+    "csv": csv_table,
+}
+"""Export formats by name: each turns a policy record (with the space and the dense model) into text."""
+
+
+def register_export_format(name: str, exporter: Exporter) -> None:
+    """Offer ``exporter`` as ``autoprune export --format NAME``.
+
+    Raises:
+        ConfigError: if the name is taken.
+    """
+    if name in FORMATS:
+        raise ConfigError(f"export format {name!r} is already registered")
+    FORMATS[name] = exporter
+
+
 def export_policy(record: PolicyRecord, space: SearchSpace, model: nn.Module, fmt: str) -> str:
     """The text of ``record`` exported as ``fmt`` (one of :data:`FORMATS`).
 
     Raises:
         ConfigError: for an unknown format.
     """
-    if fmt == "torch-pruning":
-        return json.dumps(torch_pruning_ratios(record), indent=2) + "\n"
-    if fmt == "nni":
-        return json.dumps(nni_config_list(record, space, model), indent=2) + "\n"
-    if fmt == "nni2":
-        return json.dumps(nni2_config_list(record, space, model), indent=2) + "\n"
-    if fmt == "csv":
-        return csv_table(record, space, model)
-    raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[fmt](record, space, model)

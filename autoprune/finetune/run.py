@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from autoprune.console import Progress, plural
 from autoprune.core.cost import FLOPS_LABEL, count_params, fvcore_flops
 from autoprune.core.policy import PolicyRecord
 from autoprune.core.proxy import recalibrate_batchnorm
@@ -27,6 +27,7 @@ from autoprune.experiment import Experiment
 from autoprune.export.artifacts import check_onnx_available, save_network
 from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings, load_checkpoint
+from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.presets import RECOVERY_METHODS
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -74,14 +75,9 @@ class FinetuneJob:
         self.settings.check()
         if self.recover not in RECOVERY_METHODS:
             raise ConfigError(f"unknown recovery {self.recover!r}; choose one of {', '.join(RECOVERY_METHODS)}")
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ConfigError(f"--out {str(self.out_dir)!r} is a file; give a folder")
-        if self.resume:
-            if not self.checkpoint.is_file():
-                raise ConfigError(f"--resume: no checkpoint {str(self.checkpoint)!r}; run without --resume to start")
-        elif self.out_dir.is_dir() and any(self.out_dir.iterdir()):
-            raise ConfigError(f"output folder {str(self.out_dir)!r} already exists and is not empty; "
-                              f"pass another --out, or --resume to continue its run")
+        check_output_dir(self.out_dir, new=not self.resume, hint="pass another --out, or --resume to continue its run")
+        if self.resume and not self.checkpoint.is_file():
+            raise ConfigError(f"--resume: no checkpoint {str(self.checkpoint)!r}; run without --resume to start")
         if self.onnx:
             check_onnx_available()
 
@@ -96,6 +92,7 @@ def run_finetune(job: FinetuneJob, record: PolicyRecord, exp: Experiment, progre
         progress: show a progress bar per epoch.
     """
     job.check()
+    prepare_output_dir(job.out_dir, new=False)
     started = time.perf_counter()
     kept = kept_channels(record, exp.space)
     network = exp.evaluator.pruner.prune(kept).to(job.device)
@@ -126,11 +123,10 @@ def run_finetune(job: FinetuneJob, record: PolicyRecord, exp: Experiment, progre
         if state is not None:
             trainer.load_state_dict(state)
         extra = {"recover": job.recover, "before": before, "recover_s": recover_s}
-        with tqdm(total=job.settings.epochs, initial=trainer.epoch, desc="fine-tune", unit="epoch",
-                  disable=not progress, leave=False) as bar:
+        with Progress(job.settings.epochs, "fine-tune", "epoch", progress, leave=False, initial=trainer.epoch) as bar:
             def on_epoch(r: dict[str, float]) -> None:
-                bar.set_postfix_str(f"loss {r['loss']:.3f}, train acc {100 * r['train_acc']:.1f}%")
-                bar.update(1)
+                bar.set_postfix(f"loss {r['loss']:.3f}, train acc {100 * r['train_acc']:.1f}%")
+                bar.update()
 
             history = trainer.fit(job.checkpoint, extra, on_epoch)
     after = {s: exp.accuracy(network, s, recalibrate=False) for s in splits}
@@ -147,8 +143,8 @@ def run_finetune(job: FinetuneJob, record: PolicyRecord, exp: Experiment, progre
         "seconds": round(time.perf_counter() - started, 3),
     }
     report["files"] = save_network(network, x, record, job.out_dir, job.onnx)
-    _write(job.out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    _write(job.out_dir / REPORT_MD, _markdown(report))
+    atomic_write_text(job.out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(job.out_dir / REPORT_MD, _markdown(report))
     return report
 
 
@@ -162,12 +158,6 @@ def _recover(method: str, network: torch.nn.Module, kept: dict[str, int], exp: E
         recalibrate_batchnorm(network, calibration)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     recovery = {"bn": "BatchNorm recalibration", "reconstruct": "least-squares reconstruction (AMC)"}[report["recover"]]
@@ -175,7 +165,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"# Fine-tuning {report['model']} ({report['env']})", "",
         f"- policy: `{report['policy']}`; weights: {report['weights']}",
         f"- recovery before fine-tuning: {recovery} ({report['recover_seconds']:.2f} s)",
-        f"- fine-tuning: {s['epochs']} epochs, SGD lr {s['lr']} (cosine), momentum {s['momentum']}, weight decay "
+        f"- fine-tuning: {plural(s['epochs'], 'epoch')}, SGD lr {s['lr']} (cosine), momentum {s['momentum']}, weight decay "
         f"{s['weight_decay']}, batch {s['batch_size']}, "
         + (f"{s['train_images']} training images" if s["train_images"] else "all training images")
         + (f", distillation T={s['temperature']} weight {s['distill_weight']}" if s["distill"] else "")

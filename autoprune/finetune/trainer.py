@@ -8,7 +8,6 @@ and plain Python values and are read back with ``torch.load(..., weights_only=Tr
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 import zipfile
@@ -23,6 +22,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError, WeightsError
 from autoprune.finetune.augment import Augmentation
+from autoprune.io import atomic_write
 from autoprune.zoo.images import ImageSet
 
 CHECKPOINT_FORMAT = "autoprune-finetune-checkpoint-v1"
@@ -68,6 +68,7 @@ class FinetuneSettings:
             (not 0 <= self.distill_weight <= 1, f"--distill-weight must be in [0, 1], got {self.distill_weight}"),
             (self.train_images is not None and self.train_images < 2,
              f"--train-images must be >= 2, got {self.train_images}"),
+            (not 0 <= self.seed < 2**32, f"--seed must be in 0..{2**32 - 1}, got {self.seed}"),
         ]
         for bad, message in problems:
             if bad:
@@ -220,9 +221,7 @@ class Finetuner:
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(dict(state), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

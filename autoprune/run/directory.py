@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import csv
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from autoprune.console import plural
 from autoprune.core.cost import FLOPS_LABEL
-from autoprune.core.evaluator import Candidate
+from autoprune.core.metrics import BudgetMetric, get_metric, recorded_metrics
 from autoprune.core.policy import PolicyRecord
 from autoprune.errors import ConfigError
+from autoprune.io import load_yaml, prepare_output_dir
 from autoprune.plotting import pyplot, save_figure
 
 RUNS_ROOT = Path("results") / "runs"
-_TIMINGS = ("prune", "recover", "recalibrate", "score", "cost", "latency", "total")
+CONFIG_FILE = "config.yaml"
 
 
 def new_run_dir(out: str | Path | None, env: str, method: str) -> Path:
     """Create the run directory (``results/runs/<time>-<env>-<method>/`` unless ``out`` is given).
 
     Raises:
-        ConfigError: if ``out`` exists and is not empty.
+        ConfigError: if ``out`` is a file, exists and is not empty, or cannot be created.
     """
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -36,96 +37,32 @@ def new_run_dir(out: str | Path | None, env: str, method: str) -> Path:
             path = RUNS_ROOT / f"{stamp}-{env}-{method}-{suffix}"
     else:
         path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ConfigError(f"run directory {str(path)!r} already exists and is not empty; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return prepare_output_dir(path, what="run directory")
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     """Write the resolved configuration as ``config.yaml``."""
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dict(config), sort_keys=False))
 
 
-def candidate_row(candidate: Candidate, unit_names: Sequence[str]) -> dict[str, Any]:
-    """One ``trials.csv`` row: metrics, status, timings, then per-unit ratios and kept channels."""
-    meta = dict(candidate.meta)
-    sample = meta.pop("sample", {}) or {}
-    row: dict[str, Any] = {
-        "trial": candidate.index,
-        "method": meta.pop("method", ""),
-        "status": candidate.status,
-        "within_budget": meta.pop("within_budget", None),
-        "proxy_acc": candidate.proxy_acc,
-        "flops": candidate.flops,
-        "params": candidate.params,
-        "latency_ms": candidate.latency_ms,
-        "cached": candidate.cached,
-        "reason": candidate.reason or "",
-    }
-    row.update({f"time_{k}": candidate.timings.get(k) for k in _TIMINGS})
-    row.update({f"ratio:{n}": candidate.policy.get(n, 0.0) for n in unit_names})
-    row.update({f"kept:{n}": candidate.kept[n] for n in unit_names})
-    row.update({f"sample:{n}": sample[n] for n in unit_names if n in sample})
-    row.update({k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))})
-    return row
-
-
-class TrialRecorder:
-    """An Evaluator observer that appends every candidate to ``trials.csv`` as it is evaluated.
-
-    Appends are serialised by a file lock, so several worker processes can share one file, and a
-    resumed run appends to the rows it already has (under the header it already has). The ``trial``
-    column numbers the rows of the file.
-    """
-
-    def __init__(self, path: Path, unit_names: Sequence[str]) -> None:
-        self.path = path
-        self.unit_names = list(unit_names)
-        self._columns: list[str] | None = None  # the file's header, once read
-        self._rows = 0  # rows counted up to byte offset _counted (only what others appended since is read again)
-        self._counted = 0
-
-    def __call__(self, candidate: Candidate) -> None:
-        row = candidate_row(candidate, self.unit_names)
-        with open(self.path, "a+", newline="") as f:
-            _lock(f)
-            if self._columns is None:
-                f.seek(0)
-                first = f.readline()
-                self._columns = next(csv.reader([first])) if first else None
-                self._counted = f.tell()
-            f.seek(self._counted)
-            row["trial"] = self._rows = self._rows + sum(1 for _ in csv.reader(f))  # over every worker and resumed run
-            header = self._columns is None
-            self._columns = self._columns or list(row)
-            pd.DataFrame([row]).reindex(columns=self._columns).to_csv(f, header=header, index=False)
-            self._rows += 1
-            self._counted = f.tell()
-
-
-def _lock(f: Any) -> None:
-    """Hold an exclusive lock on an open file until it is closed (POSIX; elsewhere one writer is assumed)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: workers there would need a storage-side record only
-        return
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-
-
-def read_trials(path: Path) -> pd.DataFrame:
-    """Read ``trials.csv``.
+def read_run_config(run_dir: str | Path, flag: str = "") -> dict[str, Any]:
+    """Read a run's ``config.yaml`` (``flag``: the option that named the run, for messages).
 
     Raises:
-        ConfigError: if the file is missing, empty or not a trials table.
+        ConfigError: if the file is missing, is not valid YAML (naming the line) or is not a mapping.
     """
+    path = Path(run_dir) / CONFIG_FILE
+    named = f"{flag} {str(run_dir)!r}" if flag else repr(str(run_dir))
+    if not path.is_file():
+        raise ConfigError(f"{named} is not a search run directory (no {CONFIG_FILE})")
     try:
-        trials = pd.read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise ConfigError(f"cannot read {str(path)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if trials.empty or not {"status", "proxy_acc", "flops", "params"} <= set(trials.columns):
-        raise ConfigError(f"{str(path)!r} holds no candidates")
-    return trials
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    doc = load_yaml(text, repr(str(path)))
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{str(path)!r} is not a mapping of run settings; restore the {CONFIG_FILE} the run wrote")
+    return doc
 
 
 def write_summary(
@@ -143,7 +80,7 @@ def write_summary(
         f"- search space: `{record.search_space}`, criterion: `{record.criterion}`",
         f"- budget: `{record.budget}` (limit {search['limit']:,.6g} {search['metric_label']})",
         f"- method: {record.found_by.get('method')}, seed {record.found_by.get('seed')}, "
-        f"{record.found_by.get('evaluations')} evaluations recorded; search wall time of this command "
+        f"{plural(record.found_by.get('evaluations', 0), 'evaluation')} recorded; search wall time of this command "
         f"{record.found_by.get('seconds', 0):.1f} s",
         f"- evaluator: {search['evals_per_min']:.1f} evaluations/min of evaluator time, "
         f"{100 * search['overhead_fraction']:.1f}% of it outside the proxy's forward passes",
@@ -159,6 +96,10 @@ def write_summary(
     if m.get("latency_predicted_ms") is not None and dense.get("latency_predicted_ms"):
         lines.append(f"| latency predicted by the lookup table (ms) | {dense['latency_predicted_ms']:.3f} | "
                      f"{m['latency_predicted_ms']:.3f} | {m['latency_predicted_ms'] / dense['latency_predicted_ms']:.4f} |")
+    for metric in recorded_metrics():  # registered metrics beyond FLOPs, params and latency
+        if m.get(metric.column) is not None and dense.get(metric.column):
+            c = metric.column
+            lines.append(f"| {metric.label} | {dense[c]:,.6g} | {m[c]:,.6g} | {m[c] / dense[c]:.4f} |")
     lines += [
         f"| proxy accuracy ({search['proxy_split']}, BN recalibrated) | {100 * dense['proxy_acc']:.2f}% | "
         f"{100 * m['proxy_acc']:.2f}% | |",
@@ -175,17 +116,20 @@ def write_summary(
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, flops_limit: float | None, dense_flops: float) -> Path:
-    """Write ``trials.png``: proxy accuracy against FLOPs of every candidate (``best_row`` starred), and best-so-far."""
+def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, limit: float | None, dense: float,
+                metric: BudgetMetric | None = None) -> Path:
+    """Write ``trials.png``: proxy accuracy against the budget's ``metric`` (default FLOPs) of every candidate
+    (``best_row`` starred, ``limit`` dashed), and best-so-far; ``dense`` is the dense network's cost in it."""
     plt = pyplot()
+    metric = metric or get_metric("flops")
     ok = trials[trials["status"] == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.scatter(ok["flops"] / dense_flops, 100 * ok["proxy_acc"], s=12, alpha=0.6, label="candidates")
+    ax1.scatter(ok[metric.column] / dense, 100 * ok["proxy_acc"], s=12, alpha=0.6, label="candidates")
     best = trials.loc[[best_row]]
-    ax1.scatter(best["flops"] / dense_flops, 100 * best["proxy_acc"], marker="*", s=200, c="red", label="best")
-    if flops_limit is not None:
-        ax1.axvline(flops_limit / dense_flops, color="gray", ls="--", label="budget")
-    ax1.set_xlabel(f"{FLOPS_LABEL} / dense")
+    ax1.scatter(best[metric.column] / dense, 100 * best["proxy_acc"], marker="*", s=200, c="red", label="best")
+    if limit is not None:
+        ax1.axvline(limit / dense, color="gray", ls="--", label="budget")
+    ax1.set_xlabel(f"{metric.axis} / dense")
     ax1.set_ylabel("proxy accuracy (%)")
     ax1.legend()
     feasible = (trials["status"] == "ok") & (trials["within_budget"] == True)  # noqa: E712

@@ -2,46 +2,59 @@
 
 Everything a run needs is in its ``config.yaml`` (the resolved settings), so worker processes, a
 rerun of the same command (which resumes it) and ``autoprune pick`` rebuild the same experiment.
-The final policy is chosen from ``trials.csv``, which holds every candidate of every worker.
+The run's record is its Optuna study (:mod:`autoprune.run.record`): it holds every candidate of every
+worker, a rerun replays or continues from it, and the final policy is chosen from it; ``trials.csv``
+is its export.
 """
 
 from __future__ import annotations
 
 import copy
 import multiprocessing
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pandas as pd
 
+from autoprune.console import Progress, plural, status
 from autoprune.core.budget import Budget
 from autoprune.core.cost import (
-    FLOPS_LABEL,
     LatencySettings,
     count_params,
     fvcore_flops,
     measure_latency,
 )
-from autoprune.core.latency_table import latency_table_for, resolve_latency_model
+from autoprune.core.latency_table import resolve_latency_model
+from autoprune.core.metrics import get_metric, recorded_metrics
 from autoprune.core.policy import PolicyRecord
+from autoprune.core.projection import check_below_dense
 from autoprune.errors import ConfigError
-from autoprune.experiment import DataOptions, Experiment
+from autoprune.experiment import DataOptions, Experiment, build_experiment
+from autoprune.io import check_output_dir, prepare_output_dir
 from autoprune.presets import EnvConfig
 from autoprune.run.directory import (
-    TrialRecorder,
+    CONFIG_FILE,
     new_run_dir,
     plot_pareto,
     plot_policy,
     plot_trials,
-    read_trials,
+    read_run_config,
     write_config,
     write_summary,
 )
-from autoprune.run.study import (
+from autoprune.run.record import (
+    TRIALS_FILE,
     StudyRecorder,
+    TrialRecorder,
+    export_trials,
+    exported_rows,
+    recorded_candidates,
+    trials_frame,
+)
+from autoprune.run.study import (
+    STUDY_FILE,
     counted,
     open_storage,
     open_study,
@@ -49,8 +62,6 @@ from autoprune.run.study import (
     reap_dead_trials,
 )
 from autoprune.search import Searcher, get_searcher, methods_where
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -89,14 +100,10 @@ class SearchSettings:
     def experiment(self) -> Experiment:
         """Build the experiment these settings describe."""
         budget = Budget.parse(self.budget)
-        latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or budget.metric == "latency" else None
+        latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or get_metric(budget.metric).measured else None
         options = DataOptions(self.data_dir, None, self.download, self.trust_checkpoint)
         model = resolve_latency_model(self.latency_model, get_searcher(self.method).latency_model, budget)
-        exp = Experiment.from_config(self.env_config, options, device=self.device, latency=latency)
-        if model == "lut":
-            exp.evaluator.latency_table = latency_table_for(exp.model, exp.example_inputs, exp.space, latency,
-                                                            exp.evaluator.pruner.prune)
-        return exp
+        return build_experiment(self.env_config, data=options, device=self.device, latency=latency, latency_model=model)
 
     def searcher(self, exp: Experiment, seed_offset: int = 0) -> Searcher:
         """The searcher, validated against the experiment (budget reachable, options known)."""
@@ -130,32 +137,71 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
     run_dir = _prepare_run_dir(settings, out)
     storage = storage or open_storage(None, run_dir)
     objectives = parse_objectives(settings.objectives)
-    study = open_study(storage, settings.study, objectives)
+    study = _open_run_study(storage, settings, run_dir, objectives)
     reap_dead_trials(study, storage)
-    _attach_records(exp, searcher, storage, study, run_dir, objectives)
+    recorded = recorded_candidates(study)
+    _check_record(run_dir, len(recorded), settings)
+    if recorded:
+        status(f"resuming: {plural(len(recorded), 'candidate')} recorded in the run's study")
+        export_trials(study, exp.space.names, run_dir)  # the live export appends after the record's rows
+    _attach_records(exp, study, run_dir, objectives)
+    searcher.attach_run(run_dir, study, storage, recorded)
     start = time.perf_counter()
     if settings.workers == 1:
         search_in_process(searcher, exp, progress)
     else:
         _search_with_workers(settings, run_dir, study, progress)
-    finish(run_dir, exp, settings, seconds=time.perf_counter() - start)
+    finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir), seconds=time.perf_counter() - start)
     return run_dir
+
+
+def _open_run_study(storage: Any, settings: SearchSettings, run_dir: Path, objectives: tuple[str, ...]) -> Any:
+    """The run's study; a damaged ``study.db`` of the run directory is one line naming it."""
+    try:
+        return open_study(storage, settings.study, objectives)
+    except ConfigError:
+        raise
+    except Exception as e:  # SQLAlchemy raises many types for a damaged database file
+        where = settings.storage or str(run_dir / STUDY_FILE)
+        raise ConfigError(f"the run's study {where!r} cannot be read ({type(e).__name__}); it is the run's record: "
+                          f"restore it from a copy, or start again with another --out") from None
+
+
+def _check_record(run_dir: Path, recorded: int, settings: SearchSettings) -> None:
+    """Refuse to resume when the study holds no candidate but ``trials.csv`` lists some: the study, the run's
+    record, was emptied or replaced. (The export may lead the study by the candidates that were being
+    recorded when a worker was killed; those are simply evaluated again.)"""
+    listed = exported_rows(run_dir)
+    if listed and not recorded:
+        where = settings.storage or str(run_dir / STUDY_FILE)
+        raise ConfigError(f"the run's study {where!r} holds no candidate but trials.csv lists {listed}: the study is "
+                          f"the run's record; restore it from a copy, or start again with another --out")
 
 
 def _prepare_run_dir(settings: SearchSettings, out: str | None) -> Path:
     if out is not None and (Path(out) / CONFIG_FILE).is_file():
-        previous = yaml.safe_load((Path(out) / CONFIG_FILE).read_text()) or {}
+        previous = read_run_config(out)
         if _recorded_settings(previous.get("settings")) != settings.to_dict():
             raise ConfigError(f"run directory {out!r} holds a run with other settings; rerun it with the same "
                               f"options to resume it, or choose another --out")
-        if not get_searcher(settings.method).resumable:
-            raise ConfigError(f"run directory {out!r} already holds this {settings.method} run; only "
-                              f"{', '.join(methods_where('resumable'))} runs resume by rerunning the command (their "
-                              f"study or saved agent knows what is done); choose another --out")
         return Path(out)
     run_dir = new_run_dir(out, settings.env["name"], settings.method)
     write_config(run_dir, {"command": "search", "settings": settings.to_dict()})
     return run_dir
+
+
+def read_settings(run: str | Path, flag: str = "") -> SearchSettings:
+    """The settings recorded in a run directory's ``config.yaml`` (``flag``: the option naming it, for messages).
+
+    Raises:
+        ConfigError: if the run has no readable ``config.yaml`` or its settings are not this autoprune's.
+    """
+    doc = read_run_config(run, flag)
+    try:
+        return SearchSettings(**doc["settings"])
+    except (KeyError, TypeError):
+        named = f"{flag} {str(run)!r}" if flag else repr(str(run))
+        raise ConfigError(f"{named} has a {CONFIG_FILE} this autoprune cannot read") from None
 
 
 def _recorded_settings(saved: Any) -> dict[str, Any] | None:
@@ -166,24 +212,20 @@ def _recorded_settings(saved: Any) -> dict[str, Any] | None:
         return None
 
 
-def _attach_records(exp: Experiment, searcher: Searcher, storage: Any, study: Any, run_dir: Path,
-                    objectives: tuple[str, ...]) -> None:
-    exp.evaluator.observers.append(TrialRecorder(run_dir / "trials.csv", exp.space.names))
+def _attach_records(exp: Experiment, study: Any, run_dir: Path, objectives: tuple[str, ...]) -> None:
+    """Record every candidate in the study (first: the record) and append it to ``trials.csv`` (its live export)."""
     exp.evaluator.observers.append(StudyRecorder(study, exp.space, objectives))
-    searcher.attach_run(run_dir, study, storage)
+    exp.evaluator.observers.append(TrialRecorder(run_dir / TRIALS_FILE, exp.space.names))
 
 
 def search_in_process(searcher: Searcher, exp: Experiment, progress: bool, leave: bool = True) -> None:
-    """Run ``searcher`` here, with a progress bar showing the best policy so far (``leave``: keep it when done)."""
-    from tqdm import tqdm
-
+    """Run ``searcher`` here, with a progress display showing the best policy so far (``leave``: keep it when done)."""
     dense = exp.evaluator.cost.dense_flops
-    with tqdm(total=searcher.planned_evaluations, desc=searcher.name, unit=searcher.progress_unit, disable=not progress,
-              mininterval=0.5, file=sys.stderr, leave=leave) as bar:
+    with Progress(searcher.planned_evaluations, searcher.name, searcher.progress_unit, progress, leave=leave) as bar:
         def report(candidate: Any, best: Any) -> None:
             if best is not None:
-                bar.set_postfix_str(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")
-            bar.update(1)
+                bar.set_postfix(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")
+            bar.update()
 
         searcher.search(report)
 
@@ -198,31 +240,30 @@ def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
     searcher = s.searcher(exp, seed_offset=index)
     storage = open_storage(s.storage, Path(run_dir))
     objectives = parse_objectives(s.objectives)
-    _attach_records(exp, searcher, storage, open_study(storage, s.study, objectives), Path(run_dir), objectives)
+    study = open_study(storage, s.study, objectives)
+    _attach_records(exp, study, Path(run_dir), objectives)
+    searcher.attach_run(Path(run_dir), study, storage)
     searcher.search()
 
 
 def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, progress: bool) -> None:
-    from tqdm import tqdm
-
+    status(f"starting {plural(settings.workers, 'worker process', 'worker processes')}")
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_worker, args=(settings.to_dict(), i, str(run_dir)), daemon=False)
                for i in range(settings.workers)]
     for w in workers:
         w.start()
-    with tqdm(total=settings.evals, desc=f"{settings.method} x{settings.workers}", unit="eval", disable=not progress,
-              file=sys.stderr) as bar:
+    with Progress(settings.evals, f"{settings.method} x{settings.workers}", "eval", progress) as bar:
         while any(w.is_alive() for w in workers):
             time.sleep(1.0)
-            bar.n = min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False)))
-            bar.refresh()
+            bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
     failed = [w.exitcode for w in workers if w.exitcode]
     if failed:
-        raise ConfigError(f"{len(failed)} of {settings.workers} workers failed (exit codes {failed}); "
+        raise ConfigError(f"{len(failed)} of {plural(settings.workers, 'worker')} failed (exit codes {failed}); "
                           f"rerun the same command to resume")
 
 
-def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: float,
+def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.DataFrame, seconds: float,
            budget: Budget | None = None, found_in: Path | None = None) -> PolicyRecord:
     """Choose the best recorded candidate within the budget and write policy, summary and plots.
 
@@ -230,25 +271,32 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: fl
         run_dir: where to write (the run directory, or a ``pick`` output folder).
         exp: the experiment.
         settings: the run's settings.
+        trials: the run's candidates, as read from its study (:func:`~autoprune.run.record.trials_frame`).
         seconds: wall time of this command.
         budget: pick under this budget instead of the run's (``autoprune pick``).
-        found_in: the run directory whose ``trials.csv`` holds the candidates (default ``run_dir``).
+        found_in: the run directory the candidates come from (default ``run_dir``).
 
     Raises:
         ConfigError: if no recorded candidate meets the budget.
+        BudgetError: if the budget is above the dense network's cost.
     """
-    trials = read_trials((found_in or run_dir) / "trials.csv")
     budget = budget or Budget.parse(settings.budget)
-    limit = budget.limit(exp.evaluator.dense_cost(budget.metric))
-    column = {"flops": "flops", "params": "params", "latency": "latency_ms"}[budget.metric]
+    metric = get_metric(budget.metric)
+    dense_cost = metric.dense_cost(exp.evaluator)
+    limit = budget.limit(dense_cost)
+    check_below_dense(limit, dense_cost, str(budget), metric.format)
+    column = metric.column
     if column not in trials or trials[column].isna().all():
-        raise ConfigError(f"run {str(found_in or run_dir)!r} measured no {budget.metric}; search with --latency to pick by it")
+        raise ConfigError(f"run {str(found_in or run_dir)!r} measured no {budget.metric}; "
+                          + ("search with --latency to pick by it" if metric.measured else "search again to record it"))
     feasible = trials[(trials["status"] == "ok") & (trials[column] <= limit)]
     if feasible.empty:
-        raise ConfigError(f"no recorded candidate meets budget {budget} ({len(trials)} candidates); "
+        raise ConfigError(f"no recorded candidate meets budget {budget} ({plural(len(trials), 'candidate')}); "
                           f"choose a looser budget or search again")
     best_row = feasible["proxy_acc"].idxmax()
     best = feasible.loc[best_row]
+    status(f"scoring the best policy and the dense network on the {settings.env_config.splits['report']} split, "
+           f"writing {run_dir}")
     kept = {n: int(best[f"kept:{n}"]) for n in exp.space.names}
     network = exp.evaluator.build(exp.space.policy_from_kept(kept))  # exactly what the proxy scored
     recalibrate = exp.evaluator.recovery is None
@@ -265,6 +313,9 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: fl
     if exp.evaluator.latency_table is not None:  # what the search went by, against what was measured above
         metrics["latency_predicted_ms"] = exp.evaluator.latency_table.predict(kept)
         dense["latency_predicted_ms"] = exp.evaluator.latency_table.dense_ms
+    for m in recorded_metrics():  # registered metrics beyond FLOPs, params and latency
+        metrics[m.column] = m.cost(exp.evaluator)(kept)
+        dense[m.column] = m.dense_cost(exp.evaluator)
     config = settings.env_config
     searcher_options = get_searcher(settings.method).resolve_options(
         settings.method_options, sampler=settings.sampler, objectives=parse_objectives(settings.objectives))
@@ -277,18 +328,18 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, seconds: fl
                   "seconds": round(seconds, 3), "sampler": searcher_options.get("sampler")},
         env=config.name, weights=exp.weights_source, search_space=config.search_space,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(run_dir, new=False)
     record.save(run_dir / "policy.json")
     fresh = trials[trials["cached"] == False]  # noqa: E712  (a column of booleans)
     forward = sum(fresh[c].fillna(0).sum() for c in ("time_recover", "time_recalibrate", "time_score") if c in fresh)
     total = fresh["time_total"].fillna(0).sum()
     write_summary(run_dir, record, dense, {
-        "limit": limit, "metric_label": {"flops": FLOPS_LABEL, "params": "params", "latency": "ms"}[budget.metric],
+        "limit": limit, "metric_label": metric.label,
         "evals_per_min": 60 * len(trials) / total if total else 0.0,
         "overhead_fraction": 1 - forward / total if total else 0.0, "device": settings.device,
         "proxy_split": config.splits["proxy"], "report_split": config.splits["report"]})
     dense_flops = float(dense["flops"])
-    plot_trials(run_dir, trials, best_row, limit if budget.metric == "flops" else None, dense_flops)
+    plot_trials(run_dir, trials, best_row, limit, dense_cost, metric)
     plot_policy(run_dir, record)
     if len(parse_objectives(settings.objectives)) > 1:
         plot_pareto(run_dir, trials, dense_flops)
@@ -301,17 +352,14 @@ def pick(run: str, budget_text: str, out: str | None) -> tuple[Path, PolicyRecor
     Raises:
         AutopruneError: if the run cannot be read or no candidate meets the budget.
     """
-    run_dir = Path(run)
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / "trials.csv").is_file():
-        raise ConfigError(f"{run!r} is not a search run directory (no {CONFIG_FILE} and trials.csv)")
     budget = Budget.parse(budget_text)
-    doc = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    try:
-        settings = SearchSettings(**doc["settings"])
-    except (KeyError, TypeError):
-        raise ConfigError(f"{run!r} has a {CONFIG_FILE} this autoprune cannot read") from None
+    run_dir = Path(run)
+    settings = read_settings(run)
+    if settings.storage is None and not (run_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"{run!r} is not a search run directory (no {STUDY_FILE}, the run's record)")
+    out_dir = check_output_dir(Path(out) if out else run_dir / f"pick-{budget}")
+    storage = open_storage(settings.storage, run_dir)
+    study = _open_run_study(storage, settings, run_dir, parse_objectives(settings.objectives))
     exp = settings.experiment()
-    out_dir = Path(out) if out else run_dir / f"pick-{budget}"
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{str(out_dir)!r} already exists and is not empty; choose another --out")
-    return out_dir, finish(out_dir, exp, settings, seconds=0.0, budget=budget, found_in=run_dir)
+    trials = trials_frame(study, exp.space.names)
+    return out_dir, finish(out_dir, exp, settings, trials, seconds=0.0, budget=budget, found_in=run_dir)

@@ -13,31 +13,32 @@ import socket
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.core.evaluator import Candidate
+from autoprune.core.metrics import METRICS
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
 
-OBJECTIVES = {"acc": "maximize", "flops": "minimize", "params": "minimize", "latency": "minimize"}
+STUDY_FILE = "study.db"
 HEARTBEAT_S = 10
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
-    """``acc`` or ``acc,flops`` / ``acc,latency`` / ``acc,params`` -> a tuple of objective names.
+    """``acc`` or ``acc,flops`` / ``acc,latency`` / ``acc,params`` (any registered budget metric) -> a tuple of
+    objective names.
 
     Raises:
         ConfigError: for an unknown objective or one not starting with ``acc``.
     """
     names = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [n for n in names if n not in OBJECTIVES]
+    unknown = [n for n in names if n != "acc" and n not in METRICS]
     if unknown or not names or names[0] != "acc" or len(set(names)) != len(names) or len(names) > 2:
-        raise ConfigError(f"objectives must be 'acc' or 'acc,<flops|params|latency>', got {text!r}")
+        raise ConfigError(f"objectives must be 'acc' or 'acc,<{'|'.join(METRICS)}>', got {text!r}")
     return names
 
 
@@ -51,10 +52,11 @@ def open_storage(url: str | None, run_dir: Path | None = None) -> optuna.storage
     Raises:
         ConfigError: if the storage cannot be opened or reached.
     """
+    local = url is None
     if url is None:
         if run_dir is None:
             raise ConfigError("a study needs a storage URL or a run directory")
-        url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+        url = f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
     try:
         if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
             from optuna.storages.journal import JournalFileBackend
@@ -75,6 +77,10 @@ def open_storage(url: str | None, run_dir: Path | None = None) -> optuna.storage
         raise
     except Exception as e:  # SQLAlchemy and drivers raise many types for unreachable or bad URLs
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if local:
+            raise ConfigError(f"the run's study {str(Path(run_dir) / STUDY_FILE)!r} cannot be read ({type(e).__name__}: "
+                              f"{first[:120]}); it is the run's record: restore it from a copy, or start again with "
+                              f"another --out") from None
         raise ConfigError(f"storage {url!r} cannot be opened or reached ({type(e).__name__}: {first[:200]})") from None
 
 
@@ -89,7 +95,7 @@ def open_study(
     Raises:
         ConfigError: if an existing study of that name has other objectives.
     """
-    directions = [OBJECTIVES[o] for o in objectives]
+    directions = ["maximize" if o == "acc" else "minimize" for o in objectives]  # accuracy up, every cost down
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
                                 load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
@@ -107,54 +113,9 @@ def unit_distributions(space: SearchSpace) -> dict[str, FloatDistribution]:
     return {u.name: FloatDistribution(u.min_ratio, u.max_ratio) for u in space.units}
 
 
-def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
-    """The trial user attributes of a candidate: metrics, status, method and per-unit channels."""
-    attrs: dict[str, Any] = {
-        "method": candidate.meta.get("method", ""),
-        "status": candidate.status,
-        "within_budget": bool(candidate.meta.get("within_budget", False)),
-        "proxy_acc": candidate.proxy_acc,
-        "flops": candidate.flops,
-        "params": candidate.params,
-        "latency_ms": candidate.latency_ms,
-        "ratios": dict(candidate.policy),
-        "kept": dict(candidate.kept),
-        "evaluation": candidate.index,
-    }
-    if candidate.reason:
-        attrs["reason"] = candidate.reason
-    if "sample" in candidate.meta:
-        attrs["sample"] = dict(candidate.meta["sample"])
-    return attrs
-
-
 def objective_values(candidate: Candidate, objectives: Sequence[str]) -> list[float]:
     """The candidate's values for the study's objectives (accuracy first)."""
-    metric = {"acc": candidate.proxy_acc, "flops": candidate.flops, "params": candidate.params,
-              "latency": candidate.latency_ms}
-    return [float(metric[o]) for o in objectives]  # type: ignore[arg-type]
-
-
-class StudyRecorder:
-    """An Evaluator observer adding every candidate as a finished trial of the run's study.
-
-    Candidates that an Optuna trial already owns (``meta["optuna_trial"]``) are left to that trial.
-    """
-
-    def __init__(self, study: optuna.Study, space: SearchSpace, objectives: Sequence[str] = ("acc",)) -> None:
-        self.study = study
-        self.objectives = tuple(objectives)
-        self.distributions = unit_distributions(space)
-
-    def __call__(self, candidate: Candidate) -> None:
-        if "optuna_trial" in candidate.meta:
-            return
-        params = {n: min(max(candidate.policy.get(n, 0.0), d.low), d.high) for n, d in self.distributions.items()}
-        self.study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE if candidate.ok else TrialState.FAIL,
-            values=objective_values(candidate, self.objectives) if candidate.ok else None,
-            params=params, distributions=dict(self.distributions), user_attrs=candidate_attrs(candidate),
-        ))
+    return [float(candidate.proxy_acc if o == "acc" else candidate.value(o)) for o in objectives]  # type: ignore[arg-type]
 
 
 def worker_id() -> str:

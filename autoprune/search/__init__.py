@@ -12,6 +12,7 @@ from autoprune.search.registry import (
     methods_accepting,
     methods_where,
     register_searcher,
+    search_policy,
 )
 from autoprune.search.rl import RL_SEARCHERS, RLSearcher
 from autoprune.search.sensitivity import SensitivitySearcher
@@ -22,4 +23,4 @@ for _cls in (UniformSearcher, RandomSearcher, SensitivitySearcher, NetAdaptSearc
 
 __all__ = ["RL_SEARCHERS", "SAMPLERS", "SEARCHERS", "NetAdaptSearcher", "OptunaSearcher", "RLSearcher", "RandomSearcher",
            "SearchOption", "SearchResult", "Searcher", "SensitivitySearcher", "UniformSearcher", "get_searcher",
-           "methods_accepting", "methods_where", "register_searcher"]
+           "methods_accepting", "methods_where", "register_searcher", "search_policy"]

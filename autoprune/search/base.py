@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ import numpy as np
 
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
 from autoprune.core.projection import check_reachable, project
 from autoprune.errors import ConfigError
@@ -102,8 +104,6 @@ class Searcher(ABC):
     """What one step of the progress bar is."""
     parallel: ClassVar[bool] = False
     """Several worker processes can share its study (``--workers``, ``--storage``)."""
-    resumable: ClassVar[bool] = False
-    """Rerunning the same command continues a stopped run."""
     multi_objective: ClassVar[bool] = False
     """It can search a Pareto front (``--objectives acc,flops``)."""
     exact_cost_only: ClassVar[bool] = False
@@ -143,13 +143,26 @@ class Searcher(ABC):
         units, once the space is known)."""
         return {}
 
-    def attach_run(self, run_dir: Path, study: Any, storage: Any) -> None:
-        """Called before :meth:`search` by a command-line run: where its files go, and the run's study."""
+    def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
+        """Called before :meth:`search` by a command-line run: where its files go, the run's study, and the
+        candidates the run recorded before it stopped.
+
+        By default a resumed search replays: it proposes again from the start with the same seed, and each
+        proposal that matches the next recorded candidate is answered from the record (and told to the
+        searcher as if evaluated), so the search continues exactly where it stopped and the evaluation
+        count is global. A searcher that knows what is done in another way (its study, a saved agent)
+        overrides this.
+        """
         self.run_dir = run_dir
+        self._replay = deque(recorded)
+        for candidate in recorded:
+            self.evaluator.remember(candidate)
 
     def __init__(self, evaluator: Evaluator, budget: Budget, evals: int = 100, seed: int = 0) -> None:
         if evals < 1:
-            raise ConfigError(f"`evals >= 1` must hold, but got evals={evals}")
+            raise ConfigError(f"--evals (--episodes) must be >= 1, got {evals}")
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"--seed must be in 0..{2**32 - 1}, got {seed}")
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget = budget
@@ -157,9 +170,12 @@ class Searcher(ABC):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.run_dir: Path | None = None
-        self.cost = evaluator.cost_of(budget.metric)
-        self.limit = budget.limit(evaluator.dense_cost(budget.metric)) if budget.relative else budget.value
-        check_reachable(self.space, self.cost, self.limit, str(budget))
+        self._replay: deque[Candidate] = deque()
+        self.metric = get_metric(budget.metric)
+        self.cost = self.metric.cost(evaluator)
+        dense = self.metric.dense_cost(evaluator)
+        self.limit = budget.limit(dense)
+        check_reachable(self.space, self.cost, self.limit, str(budget), dense=dense, show=self.metric.format)
 
     @property
     def planned_evaluations(self) -> int:
@@ -169,11 +185,12 @@ class Searcher(ABC):
     def project(self, shape: Mapping[str, float], fill: bool = True) -> Policy:
         """Scale a policy shape onto the budget (see :func:`autoprune.core.projection.project`).
 
-        Leftover budget is not filled one channel at a time for measured latency: it is too noisy at
-        that granularity and each step would cost a measurement. A latency lookup table's predictions
-        are exact and cheap, so they are filled like FLOPs and params.
+        Leftover budget is filled one channel at a time only for a metric that is exact on this Evaluator
+        (:meth:`~autoprune.core.metrics.BudgetMetric.is_exact`): not for measured latency, which is too noisy
+        at that granularity and would cost a measurement per step. A latency lookup table's predictions are
+        exact and cheap, so they are filled like FLOPs and params.
         """
-        fill = fill and (self.budget.metric != "latency" or self.evaluator.latency_table is not None)
+        fill = fill and self.metric.is_exact(self.evaluator)
         return project(shape, self.space, self.cost, self.limit, fill=fill)
 
     def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
@@ -196,8 +213,15 @@ class Searcher(ABC):
         The candidate's ``meta`` records the method, whether it meets the budget and ``meta``.
         """
         self.space.check_policy(policy)
-        within = self.cost(self.space.kept(policy)) <= self.limit
-        candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within})
+        kept = self.space.kept(policy)
+        within = self.cost(kept) <= self.limit
+        if self._replay:
+            candidate = self._replay.popleft()
+            if candidate.kept != kept:
+                raise ConfigError(f"the run's record does not match what {self.name} proposes again (recorded "
+                                  f"candidate {candidate.index} differs); it cannot be resumed: choose another --out")
+        else:
+            candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within})
         self.result.candidates.append(candidate)
         best = self.result.best
         if candidate.ok and within and (best is None or candidate.proxy_acc > best.proxy_acc):  # type: ignore[operator]

@@ -62,7 +62,7 @@ class NetAdaptSearcher(Searcher):
 
     Raises:
         ConfigError: for an option out of range, or a short fine-tune on an Evaluator that already
-            recovers networks otherwise or has scored candidates.
+            recovers networks otherwise (the short fine-tune runs on the Evaluator's copy, never changing it).
         BudgetError: if the budget cannot be met in the search space.
     """
 
@@ -106,12 +106,13 @@ class NetAdaptSearcher(Searcher):
             raise ConfigError(f"unknown NetAdapt selection {select!r}; choose one of {', '.join(SELECTIONS)}")
         if short_ft_steps < 0:
             raise ConfigError(f"--short-ft-steps must be >= 0, got {short_ft_steps}")
-        super().__init__(evaluator, budget, evals, seed)
         if short_ft_steps:
-            if evaluator.recovery is not None or evaluator.count:
-                raise ConfigError("--short-ft-steps needs an Evaluator that has scored nothing yet and recovers networks "
-                                  "by BatchNorm recalibration (proxy recover: bn)")
-            evaluator.recovery = ShortFinetune(evaluator.model, evaluator.proxy.calibration, short_ft_steps, short_ft_lr)
+            if evaluator.recovery is not None:
+                raise ConfigError("--short-ft-steps needs an Evaluator that recovers networks by BatchNorm "
+                                  "recalibration (proxy recover: bn)")
+            evaluator = evaluator.with_recovery(
+                ShortFinetune(evaluator.model, evaluator.proxy.calibration, short_ft_steps, short_ft_lr))
+        super().__init__(evaluator, budget, evals, seed)
         self.step, self.decay, self.select = step, decay, select
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.dense_cost = float(evaluator.dense_cost(budget.metric))
@@ -139,9 +140,9 @@ class NetAdaptSearcher(Searcher):
                 return
             kept, accuracy = dict(chosen.kept), chosen.proxy_acc
             predicted = self.cost(kept)
-            measured = max(predicted, chosen.latency_ms or 0.0) if self.budget.metric == "latency" else predicted
+            measured = max(predicted, chosen.value(self.metric) or 0.0) if self.metric.measured else predicted
             iteration += 1
-        if self.budget.metric != "latency" and self.result.evaluations < self.evals:
+        if not self.metric.measured and self.result.evaluations < self.evals:
             filled = fill_budget(kept, {n: kept[n] / self.space.unit(n).channels for n in kept}, self.space, self.cost, self.limit)
             if filled != kept:
                 self._final(iteration, "fill", self.space.policy_from_kept(filled))

@@ -20,11 +20,11 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from autoprune.core.budget import Budget
-from autoprune.core.evaluator import Evaluator
+from autoprune.core.evaluator import Candidate, Evaluator
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
+from autoprune.run.record import candidate_attrs
 from autoprune.run.study import (
-    candidate_attrs,
     counted,
     has_heartbeat,
     objective_values,
@@ -101,7 +101,6 @@ class OptunaSearcher(Searcher):
         RATIOS_OPTION,
     )
     parallel = True
-    resumable = True
     multi_objective = True
     variant_option = "sampler"
 
@@ -115,8 +114,9 @@ class OptunaSearcher(Searcher):
         """With ``--prior sensitivity``: the allocation is enqueued as a trial."""
         return options.get("prior") is not None
 
-    def attach_run(self, run_dir: Path, study: Any, storage: Any) -> None:
-        """Work on the run's study; wait for other workers' running trials where the storage has a heartbeat."""
+    def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
+        """Work on the run's study (which knows what is done: nothing is replayed); wait for other workers'
+        running trials where the storage has a heartbeat."""
         super().attach_run(run_dir, study, storage)
         self.study = study
         self.wait_for_running = has_heartbeat(storage)

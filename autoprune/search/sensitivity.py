@@ -27,6 +27,7 @@ import numpy as np
 
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
 from autoprune.core.space import SearchSpace
 from autoprune.errors import BudgetError, ConfigError
@@ -56,8 +57,9 @@ def scan_options(space: SearchSpace, ratios: tuple[float, ...]) -> dict[str, lis
 
 
 def check_latency_model(evaluator: Evaluator, budget: Budget, what: str) -> None:
-    """Raise :class:`ConfigError` for a latency budget measured candidate by candidate (far too slow to allocate)."""
-    if budget.metric == "latency" and evaluator.latency_table is None:
+    """Raise :class:`ConfigError` for a budget whose cost is measured candidate by candidate (far too slow to
+    allocate): latency without its lookup table."""
+    if not get_metric(budget.metric).is_exact(evaluator):
         raise ConfigError(f"{what} with the latency budget {budget} needs the latency lookup table "
                           f"(--latency-model lut): allocating queries the cost thousands of times")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from autoprune.core.cost import FLOPS_LABEL
 from autoprune.core.evaluator import Evaluator
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
+from autoprune.io import atomic_write
 from autoprune.plotting import pyplot, save_figure
 from autoprune.zoo.images import cache_dir
 
@@ -171,9 +171,7 @@ def scan(
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return SensitivityTable(frame, ratios, path if cache else None, evaluations=total)
 
 

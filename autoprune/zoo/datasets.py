@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from autoprune.errors import ConfigError, DataError
+from autoprune.io import atomic_write
 from autoprune.zoo.digits import DIGITS_SPLITS, load_digits_split
 from autoprune.zoo.images import ImageSet, cache_dir
 
@@ -125,9 +126,7 @@ def _load_imagefolder(root: Path, mean: tuple[float, ...], std: tuple[float, ...
     images = torch.stack([_decode(Path(path)) for path, _ in folder.samples])
     labels = torch.tensor([label for _, label in folder.samples], dtype=torch.long)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"images": images, "labels": labels}, tmp)
-    tmp.replace(cached)
+    atomic_write(cached, lambda tmp: torch.save({"images": images, "labels": labels}, tmp))
     return ImageSet(images, labels, mean, std)
 
 

@@ -6,13 +6,13 @@ machine with no internet can run a real search, and every machine trains the sam
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.console import status
 from autoprune.core.threads import torch_threads
+from autoprune.io import atomic_write
 from autoprune.zoo.images import ImageSet, cache_dir
 
 DIGITS_SPLITS = ("train", "val", "test")
@@ -67,15 +67,14 @@ def pretrained_digits_cnn() -> DigitsCNN:
         model = DigitsCNN()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
+    status(f"training the digits demo network once (10-20 s on one CPU thread; cached in {path.parent})")
     # a fixed seed without touching the caller's random state, and one thread: reductions split over another
     # number of threads sum in another order, so the weights (and every demo result) would depend on the machine
     with torch.random.fork_rng(), torch_threads(1):
         torch.manual_seed(0)
         model = _train(load_digits_split("train"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     return model
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,17 +50,8 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
         raise WeightsError(f"checkpoint {str(path)!r} does not exist; check --weights or AUTOPRUNE_WEIGHTS_DIR")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        if not trust and "Unsupported global" in str(e):
-            raise WeightsError(
-                f"checkpoint {str(path)!r} holds objects other than tensors, which weights_only=True refuses "
-                f"({_first_line(e, 'Unsupported global')}); if you trust the file, pass --trust-checkpoint"
-            ) from None
-        raise WeightsError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as e:
-        raise WeightsError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})") from None
-    except Exception as e:  # unpickling a trusted file can raise anything its classes raise
-        raise WeightsError(f"checkpoint {str(path)!r} cannot be unpickled ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # unpickling can raise anything (a trusted file: anything its classes raise)
+        raise _load_error(path, e, trust) from None
     if isinstance(blob, nn.Module):
         blob = blob.state_dict()
     if isinstance(blob, dict):
@@ -71,13 +64,57 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     return {k.removeprefix("module."): v for k, v in blob.items()}
 
 
-def _first_line(error: BaseException, containing: str | None = None) -> str:
-    """The error's first (or first ``containing``) message line, without terminal escape codes."""
+_REFUSED = ("Unsupported global", "Unsupported class", "allowlisted", "allowed global")
+"""Words of PyTorch's weights_only refusals of a pickled object (a well-formed file that --trust-checkpoint loads)."""
+
+
+def _load_error(path: Path, error: Exception, trust: bool) -> WeightsError:
+    """The one-line error for a checkpoint ``torch.load`` could not read (never PyTorch's own advice)."""
+    where = f"checkpoint {str(path)!r}"
+    if not _is_torch_file(path):
+        return WeightsError(f"{where} is not a PyTorch checkpoint (corrupt, truncated or another format); "
+                            f"no option can load it: pass a file written by torch.save")
+    text = str(error)
+    if not trust and any(word in text for word in _REFUSED):
+        found = re.findall(r"GLOBAL ([\w.]+)", text)
+        return WeightsError(f"{where} holds pickled objects{f' ({found[0]})' if found else ''} that weights_only "
+                            f"loading refuses; --trust-checkpoint loads it, which runs code from the file: "
+                            f"only for files you trust")
+    if trust and not isinstance(error, (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile,
+                                        ValueError, UnicodeDecodeError)):
+        return WeightsError(f"{where} cannot be unpickled ({type(error).__name__}: "
+                            f"{(_clean_lines(error) or [type(error).__name__])[0]})")
+    return WeightsError(f"{where} is corrupt ({_reason(error)}); no option can load it: pass an intact file")
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` is in one of torch.save's formats (zip, or the legacy pickle that starts with its magic number)."""
+    if zipfile.is_zipfile(path):
+        return True
+
+    class _NoObjects(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            raise pickle.UnpicklingError("not a magic number")
+
+    try:
+        with path.open("rb") as f:
+            head = io.BytesIO(f.read(64))  # the legacy format's first pickle is a dozen bytes: read no more
+        return _NoObjects(head).load() == torch.serialization.MAGIC_NUMBER
+    except Exception:  # noqa: BLE001  (any garbage: not a PyTorch file)
+        return False
+
+
+def _reason(error: BaseException) -> str:
+    """PyTorch's reason for an unreadable file, without its advice to load with weights_only=False."""
+    lines = [line for line in _clean_lines(error) if not any(w in line for w in (
+        "weights_only", "Weights only load failed", "Please file an issue", "Check the documentation"))]
+    return (lines or [type(error).__name__])[0].rstrip(":").strip() or type(error).__name__
+
+
+def _clean_lines(error: BaseException) -> list[str]:
+    """The error's non-empty message lines, without terminal escape codes."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
-    lines = [line for line in lines if line] or [type(error).__name__]
-    if containing:
-        lines = [line for line in lines if containing in line] or lines
-    return lines[0]
+    return [line for line in lines if line]
 
 
 def load_weights(
@@ -103,6 +140,8 @@ def load_weights(
     elif model_name.startswith(TORCHVISION_PREFIX) and "/" not in spec and not spec.endswith((".pt", ".pth", ".th")):
         state = _torchvision_state_dict(model_name.removeprefix(TORCHVISION_PREFIX), spec)
         source = f"torchvision:{spec}"
+    elif Path(spec).expanduser().is_dir():
+        raise WeightsError(f"checkpoint {spec!r} is a folder; pass a checkpoint file with --weights")
     else:
         raise WeightsError(
             f"checkpoint {spec!r} not found (looked at the path and in AUTOPRUNE_WEIGHTS_DIR); "

@@ -17,9 +17,10 @@ import statistics
 import sys
 
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.console import plural
 from autoprune.core.budget import Budget
 from autoprune.core.cost import FLOPS_LABEL
-from autoprune.experiment import Experiment
+from autoprune.experiment import build_experiment
 from autoprune.presets import load_env
 from autoprune.search import get_searcher
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_env(args.env)
     rows, per_min, overhead = [], [], []
     for seed in range(args.seeds):
-        exp = Experiment.from_config(config)
+        exp = build_experiment(config)
         result = get_searcher("random")(exp.evaluator, budget, evals=args.evals, seed=seed).search()
         fresh = [c for c in result.candidates if not c.cached]
         totals = {k: statistics.mean(c.timings.get(k, 0.0) for c in fresh) for k in ("prune", "recalibrate", "score", "cost", "total")}
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(len(b) for b in exp.evaluator.proxy.calibration)} `{config.splits['calibration']}` images; "
         f"report split `{config.splits['report']}`",
         "",
-        f"## Throughput: random search, {args.evals} evaluations per seed",
+        f"## Throughput: random search, {plural(args.evals, 'evaluation')} per seed",
         "",
         f"evaluations per minute: **{_mean_std(per_min)}**; overhead outside the proxy forward passes: "
-        f"**{_mean_std([100 * o for o in overhead])} %** (mean ± std over {args.seeds} seeds)",
+        f"**{_mean_std([100 * o for o in overhead])} %** (mean ± std over {plural(args.seeds, 'seed')})",
         "",
         "| seed | evals/min | overhead | prune s | recalibrate s | score s | cost ms | total s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.console import plural
 from autoprune.core.cost import LatencySettings, resolve_device
 from autoprune.core.latency_table import LatencyTable, paired_latency
 from autoprune.core.projection import check_reachable, project
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.zeros([args.batch_size, *config.input_shape[1:]])
     lines = [f"# Latency lookup table against measured latency: {args.env}", ""]
     lines += machine_header(["python", "-m", "autoprune.bench.studies.latency_table", *argv])
-    lines += [f"- device `{device}`, {args.threads} thread(s), batch {settings.batch_size}; every latency is the median "
+    lines += [f"- device `{device}`, {plural(args.threads, 'thread')}, batch {settings.batch_size}; every latency is the median "
               f"of {args.repeats} forward passes after {settings.warmup} warm-up passes",
               "- error = predicted / measured - 1", ""]
     errors: list[float] = []

@@ -30,7 +30,7 @@ from autoprune.core.cost import FLOPS_LABEL
 from autoprune.core.evaluator import Candidate, Evaluator
 from autoprune.core.proxy import recalibrate_batchnorm
 from autoprune.core.reconstruct import Reconstructor
-from autoprune.experiment import Experiment
+from autoprune.experiment import build_experiment
 from autoprune.presets import load_env
 from autoprune.search import get_searcher
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget.parse(args.budget)
     config = load_env(args.env)
     config.weights = args.weights
-    exp = Experiment.from_config(config)
+    exp = build_experiment(config)
     ev = exp.evaluator
     uniform = get_searcher("uniform")(ev, budget, evals=1, seed=0).search().best
     kept = uniform.kept
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["reconstruction, then BN recalibration"] = accuracies(rec)
 
     bn_candidates = _timed_search(ev, budget, args.evals, args.seed)
-    ev_rec = Evaluator(exp.model, exp.example_inputs, exp.space, ev.proxy, config.criterion)
-    ev_rec.recovery = reconstructor
+    ev_rec = Evaluator(exp.model, exp.example_inputs, exp.space, ev.proxy, config.criterion, recovery=reconstructor)
     rec_candidates = _timed_search(ev_rec, budget, args.evals, args.seed)
     bn_total = statistics.mean(c.timings["total"] for c in bn_candidates)
     rec_total = statistics.mean(c.timings["total"] for c in rec_candidates)

@@ -31,10 +31,10 @@ from autoprune.core.budget import Budget
 from autoprune.core.cost import FLOPS_LABEL
 from autoprune.core.evaluator import Evaluator
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.experiment import Experiment
+from autoprune.experiment import build_experiment
 from autoprune.plotting import pyplot, save_figure
 from autoprune.presets import load_env
-from autoprune.search.random import RandomSearcher
+from autoprune.search import get_searcher
 from autoprune.search.rl.env import ChannelPruningEnv
 
 SAMPLERS = ("rl warm-up (clipped random actions)", "random search (projected samples)")
@@ -52,7 +52,7 @@ def warmup_policies(evaluator: Evaluator, budget: Budget, episodes: int, seed: i
 
 def projected_policies(evaluator: Evaluator, budget: Budget, samples: int, seed: int) -> np.ndarray:
     """Ratios (samples x units) of random search's samples, each projected onto the budget."""
-    searcher = RandomSearcher(evaluator, budget, evals=samples, seed=seed)
+    searcher = get_searcher("random")(evaluator, budget, evals=samples, seed=seed)
     names = evaluator.space.names
     return np.array([[p[n] for n in names] for p, _ in (searcher.propose() for _ in range(samples))])
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
         budgets = [Budget.parse(b) for b in parse_budgets(args.budgets)]
         config = load_env(args.env)
-        evaluator = Experiment.from_config(config).evaluator
+        evaluator = build_experiment(config).evaluator
         results = {b: dict(zip(SAMPLERS, (warmup_policies(evaluator, b, args.episodes, args.seed),
                                           projected_policies(evaluator, b, args.episodes, args.seed))))
                    for b in budgets}

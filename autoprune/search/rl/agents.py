@@ -24,6 +24,8 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecNormalize
 
+from autoprune.io import atomic_write
+
 AGENT_FILE = "agent.zip"
 REPLAY_FILE = "replay_buffer.pkl"
 HIDDEN = [300, 300]  # AMC's actor and critic
@@ -180,13 +182,9 @@ def load_agent(kind: str, run_dir: Path, env: gymnasium.Env, seed: int) -> BaseA
 
 def save_agent(agent: BaseAlgorithm, run_dir: Path) -> None:
     """Save the agent (and an off-policy agent's replay buffer) in ``run_dir``, each file replaced atomically."""
-    tmp = run_dir / f"tmp-{AGENT_FILE}"
-    agent.save(tmp)
-    tmp.replace(run_dir / AGENT_FILE)
+    atomic_write(run_dir / AGENT_FILE, agent.save)
     if hasattr(agent, "save_replay_buffer"):
-        tmp = run_dir / f"tmp-{REPLAY_FILE}"
-        agent.save_replay_buffer(tmp)
-        tmp.replace(run_dir / REPLAY_FILE)
+        atomic_write(run_dir / REPLAY_FILE, agent.save_replay_buffer)
 
 
 class SearchCallback(BaseCallback):

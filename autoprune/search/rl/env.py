@@ -31,12 +31,12 @@ from gymnasium import spaces
 
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
 from autoprune.core.projection import check_reachable
 from autoprune.core.space import SearchSpace, Unit
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.experiment import Experiment
-from autoprune.presets import load_env
+from autoprune.experiment import build_experiment
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 REWARDS = ("acc", "acc-flops", "acc-latency")
@@ -97,10 +97,11 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         if reward not in REWARDS:
             raise ConfigError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
-        if self.budget.metric == "latency":
+        metric = get_metric(self.budget.metric)
+        if metric.measured:
             raise ConfigError(f"the pruning environment clips actions with exact FLOPs or params, so it cannot take the "
                               f"latency budget {self.budget}; use a flops or params budget with reward 'acc-latency'")
-        self.experiment = Experiment.from_config(load_env(env)) if env is not None else None
+        self.experiment = build_experiment(env) if env is not None else None
         self.evaluator: Evaluator = evaluator if evaluator is not None else self.experiment.evaluator  # type: ignore[union-attr]
         if reward == "acc-latency" and self.evaluator.latency is None:
             raise ConfigError("reward 'acc-latency' needs an Evaluator that measures latency "
@@ -114,7 +115,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.cost = self.evaluator.cost_of(self.budget.metric)
         self.dense_cost = float(self.evaluator.dense_cost(self.budget.metric))
         self.limit = self.budget.limit(self.dense_cost)
-        check_reachable(self.space, self.cost, self.limit, str(self.budget))
+        check_reachable(self.space, self.cost, self.limit, str(self.budget), dense=self.dense_cost, show=metric.format)
         self._evaluate = evaluate or self._evaluate_alone
         self._options = [u.kept_options for u in self.units]
         self._fewest = {u.name: opts[0][0] for u, opts in zip(self.units, self._options)}

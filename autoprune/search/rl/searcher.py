@@ -13,14 +13,13 @@ makes only the episodes its ``trials.csv`` does not hold yet.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pandas as pd
-
 from autoprune.core.budget import Budget
-from autoprune.core.evaluator import Evaluator
+from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.metrics import get_metric
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.search.base import Searcher, SearchOption
@@ -106,7 +105,6 @@ class RLSearcher(Searcher):
     options = _options(tuple(DEFAULTS))
     episodic = True
     progress_unit = "episode"
-    resumable = True
     exact_cost_only = True
 
     @classmethod
@@ -121,9 +119,9 @@ class RLSearcher(Searcher):
             return {}
         return {"warmup": min(DEFAULTS["warmup"], evals // RL_WARMUP_SHARE)}
 
-    def attach_run(self, run_dir: Path, study: Any, storage: Any) -> None:
-        """Save the agent in the run directory, and continue the episodes its records hold."""
-        self.continue_run(run_dir)
+    def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
+        """Save the agent in the run directory, and continue after the recorded episodes with the saved agent."""
+        self.continue_run(run_dir, done_before=len(recorded))
 
     def __init__(
         self,
@@ -154,7 +152,7 @@ class RLSearcher(Searcher):
                               f"it takes {', '.join(_FLAGS[k] for k in self.agent_settings)}")
         self.settings = {k: self.defaults[k] if given[k] is None else given[k] for k in self.agent_settings}
         _check_settings(self.settings, save_every)
-        if budget.metric == "latency":
+        if get_metric(budget.metric).measured:
             raise ConfigError(f"--method {self.name} clips actions with exact FLOPs or params and cannot take the latency "
                               f"budget {budget}; use a flops or params budget with --reward acc-latency")
         super().__init__(evaluator, budget, evals, seed)
@@ -175,16 +173,15 @@ class RLSearcher(Searcher):
         if run_dir is not None:
             self.continue_run(run_dir)
 
-    def continue_run(self, run_dir: str | Path) -> None:
-        """Save the agent in ``run_dir``; if its ``trials.csv`` already holds episodes, continue after them.
+    def continue_run(self, run_dir: str | Path, done_before: int = 0) -> None:
+        """Save the agent in ``run_dir``, continuing after ``done_before`` recorded episodes.
 
         The agent saved there is loaded at :meth:`search` (a fresh one if none was saved yet), only
         the remaining ``evals`` episodes are made, and the Evaluator numbers new candidates after the
         recorded ones.
         """
         self.run_dir = Path(run_dir)
-        trials = self.run_dir / "trials.csv"
-        self.done_before = len(pd.read_csv(trials, usecols=[0])) if trials.is_file() and trials.stat().st_size else 0
+        self.done_before = done_before
         self.evaluator.count = max(self.evaluator.count, self.done_before)
 
     @property
