@@ -182,3 +182,12 @@ def test_bad_input_is_a_clear_error(digits, tmp_path: Path):
     env = ChannelPruningEnv(digits.evaluator, budget="0.5flops")
     with pytest.raises(gymnasium.error.ResetNeeded):
         env.step(np.zeros(1, dtype=np.float32))
+
+
+def test_the_documented_import_and_gym_id_keep_working():
+    import autoprune.env
+
+    assert autoprune.env.ChannelPruningEnv is ChannelPruningEnv and ENV_ID == "autoprune/ChannelPruning-v0"
+    env = gymnasium.make("autoprune.env:autoprune/ChannelPruning-v0", env="digits-demo", budget="0.5flops")
+    assert isinstance(env.unwrapped, ChannelPruningEnv)
+    env.close()
