@@ -55,11 +55,25 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default=DEFAULT_ENV, help=f"env preset name or YAML file (default {DEFAULT_ENV}; "
-                   f"presets: {', '.join(env_names())})")
-    p.add_argument("--model", help="override the preset's network: resnet20..resnet110, digits-cnn, torchvision:NAME")
-    p.add_argument("--weights", help="checkpoint file (path, or name inside AUTOPRUNE_WEIGHTS_DIR), or a torchvision "
-                   "weights name such as IMAGENET1K_V1")
+    p.add_argument("--env", help=f"env preset name or YAML file (default: the run's own env for a policy of a run, "
+                   f"else {DEFAULT_ENV}; presets: {', '.join(env_names())})")
+    p.add_argument("--model", metavar="SPEC", help="the network: a zoo name (resnet20..resnet110, digits-cnn), "
+                   "torchvision:NAME, timm:NAME (pip install 'autoprune[timm]'), path/to/file.py:CALLABLE or "
+                   "package.module:CALLABLE (a class or function returning an nn.Module; loading a file RUNS ITS CODE: "
+                   "only files you trust)")
+    p.add_argument("--model-args", metavar="K=V,...", help="keyword arguments of the model's callable, values read as "
+                   "YAML scalars: dim=256,depth=8,patch_size=4")
+    p.add_argument("--weights", help="checkpoint file (path, or name inside AUTOPRUNE_WEIGHTS_DIR): a state dict, or a "
+                   "dict holding one under state_dict/model/net/module (module., model., _orig_mod. prefixes are "
+                   "stripped); or a torchvision weights name such as IMAGENET1K_V1")
+    p.add_argument("--data", metavar="FOLDER", help="your image folder: train/ and val/ (or test/), one subfolder per "
+                   "class; BatchNorm calibration on train/, the proxy and the report on two fixed halves of val/")
+    p.add_argument("--input-size", type=int, metavar="N", help="resize and centre-crop images to N x N (default: the "
+                   "model's preprocessing for torchvision/timm weights, else the images' own size)")
+    p.add_argument("--mean", metavar="A,B,C", help="normalisation mean (default: the model's, else ImageNet's)")
+    p.add_argument("--std", metavar="A,B,C", help="normalisation std (default: the model's, else ImageNet's)")
+    p.add_argument("--save-env", metavar="FILE.yaml", help="also write the resolved settings as an env preset file "
+                   "(rerun with --env FILE.yaml)")
     p.add_argument("--data-dir", help="folder holding cifar10-jpeg/ or cifar-10-batches-py/ (default AUTOPRUNE_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download missing public data (needs internet)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -67,6 +81,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help=f"search-space preset or YAML file ({', '.join(space_names())})")
     p.add_argument("--criterion", choices=CRITERIA, help="channel-selection criterion (default: the preset's, l1)")
     p.add_argument("--proxy-images", type=int, help="number of proxy-split images to score on")
+    p.add_argument("--report-images", type=int, help="number of report-split images (--data; default: all of its half)")
+    p.add_argument("--calibration-images", type=int, help="number of train images for BatchNorm calibration (--data)")
     p.add_argument("--device", default="cpu", help="device for evaluation and latency (cpu, cuda, cuda:1)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads while timing latency (default 1)")
 
@@ -136,16 +152,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace, record: PolicyRecord | None = None) -> EnvConfig:
-    config = configure(args.env, {"model": args.model or None, "weights": args.weights or None})
+def _config(args: argparse.Namespace, record: PolicyRecord | None = None, policy: Path | None = None) -> EnvConfig:
+    """The resolved configuration of a command: the env (given, the run's own for a policy of a run, or the
+    default) with the command line's overrides; remembered for ``--save-env``."""
+    from autoprune.zoo.models import parse_model_args
+
+    env = args.env if args.env is not None else _run_env(policy) if policy is not None else None
+    if env is None and args.data is None:
+        env = DEFAULT_ENV
+    config = configure(env, {
+        "model": args.model, "model_args": parse_model_args(args.model_args) if args.model_args else None,
+        "weights": args.weights, "data": args.data, "input_size": args.input_size,
+        "mean": _triple(args.mean, "--mean"), "std": _triple(args.std, "--std"),
+        "report_images": args.report_images, "calibration_images": args.calibration_images})
     if record is not None:
         if record.model != config.model:
             raise PolicyError(f"policy is for model {record.model} but env {config.name!r} builds {config.model}; "
                               f"pass --model {record.model} or the matching --env")
         config.search_space = record.search_space or config.search_space
         config.criterion = record.criterion
-    return configure(config, {"search_space": args.space or None, "criterion": args.criterion or None,
-                              "proxy_images": args.proxy_images})
+    config = configure(config, {"search_space": args.space or None, "criterion": args.criterion or None,
+                                "proxy_images": args.proxy_images})
+    if getattr(args, "save_env", None):
+        from autoprune.io import check_output_file
+
+        check_output_file(args.save_env, flag="--save-env", example="my-env.yaml")  # before any work
+    args.resolved_config = config
+    return config
+
+
+def _run_env(policy: Path) -> EnvConfig | None:
+    """The env recorded by the run a policy file belongs to (its folder or the one above), if any."""
+    from autoprune.run.directory import CONFIG_FILE, read_run_config
+
+    for folder in (policy.parent, policy.parent.parent):
+        if (folder / CONFIG_FILE).is_file():
+            doc = read_run_config(folder)
+            env = (doc.get("settings") or {}).get("env") or doc.get("env")
+            if isinstance(env, dict):
+                try:
+                    return EnvConfig(**env)
+                except TypeError:
+                    return None
+    return None
+
+
+def _triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    """``0.5,0.5,0.5`` -> three floats (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or (flag == "--std" and min(values) <= 0):
+        raise ConfigError(f"{flag} takes three comma-separated numbers (one per colour channel{', each > 0' if flag == '--std' else ''}), "
+                          f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _save_env(args: argparse.Namespace) -> None:
+    """Write ``--save-env`` once the command has succeeded (nothing is written for a command that failed)."""
+    import yaml
+
+    from autoprune.io import atomic_write_text, check_output_file
+
+    config = getattr(args, "resolved_config", None)
+    if getattr(args, "save_env", None) and config is not None:
+        out = check_output_file(args.save_env, flag="--save-env", example="my-env.yaml")
+        atomic_write_text(out, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        print(f"env preset written to {out} (rerun with --env {out})")
 
 
 def _device(name: str) -> str:
@@ -372,8 +448,9 @@ def _copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _load_policy(args: argparse.Namespace) -> tuple[PolicyRecord, EnvConfig, Experiment]:
-    record = PolicyRecord.load(policy_file(args.policy))
-    config = _config(args, record)
+    policy = policy_file(args.policy)
+    record = PolicyRecord.load(policy)
+    config = _config(args, record, policy)
     exp = _experiment(args, config, latency=False)
     check_fits(record, exp.space, config.model, config.search_space)
     return record, config, exp
@@ -505,9 +582,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise ConfigError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
     out = check_output_file(args.out, example="policy.csv" if args.format == "csv" else "policy.json") if args.out else None
-    record = PolicyRecord.load(policy_file(args.policy))
-    config = _config(args, record)
-    model = build_model(config.model, config.num_classes).eval()  # the architecture is enough: no weights, no data
+    policy = policy_file(args.policy)
+    record = PolicyRecord.load(policy)
+    config = _config(args, record, policy)
+    model = build_model(config.model, config.num_classes, config.model_args).eval()  # the architecture is enough: no weights, no data
     x = torch.zeros(record.input_shape)
     try:
         with torch.no_grad():
@@ -557,7 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         with show_status(not getattr(args, "quiet", False)):
-            return args.func(args)
+            code = args.func(args)
+            if code == 0:
+                _save_env(args)
+            return code
     except AutopruneError as e:
         print(f"autoprune: error: {e}", file=sys.stderr)
         return 2

@@ -22,10 +22,17 @@ from autoprune.core.reconstruct import Reconstructor
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.presets import DEFAULT_ENV, EnvConfig, load_env, load_space
-from autoprune.zoo.datasets import CIFAR10_MEAN, CIFAR10_STD, load_split
+from autoprune.zoo.datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    folder_classes,
+    folder_image_size,
+    folder_splits,
+    load_split,
+)
 from autoprune.zoo.digits import pretrained_digits_cnn
 from autoprune.zoo.images import ImageSet
-from autoprune.zoo.models import build_model
+from autoprune.zoo.models import build_model, is_user_model, model_preprocessing
 from autoprune.zoo.weights import load_weights
 
 BUILTIN_WEIGHTS = "builtin"
@@ -67,7 +74,8 @@ class Experiment:
     def split(self, role_or_name: str) -> ImageSet:
         """A data split by role (``proxy``, ``report``, ``calibration``) or by split name."""
         name = self.config.splits.get(role_or_name, role_or_name)
-        return load_split(self.config.dataset, name, self.options.data_dir, self.options.download, *_norm(self.config))
+        return load_split(self.config.dataset, name, self.options.data_dir, self.options.download, *_norm(self.config),
+                          **(_folder_options(self.config, role_or_name) if role_or_name in self.config.splits else {}))
 
     def accuracy(self, network: nn.Module, split: str = "report", recalibrate: bool = True) -> float:
         """Top-1 accuracy of ``network`` on a split, after BN recalibration on the Evaluator's batches."""
@@ -79,7 +87,12 @@ class Experiment:
         return (predict(network, images, self.evaluator.proxy.batch_size) == labels).float().mean().item()
 
 
-OVERRIDES = ("model", "weights", "search_space", "criterion", "proxy_images")
+OVERRIDES = ("model", "model_args", "weights", "data", "input_size", "mean", "std", "search_space", "criterion",
+             "proxy_images", "report_images", "calibration_images")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FOLDER_PROXY = {"kind": "accuracy", "images": 1000, "calibration_batches": 4, "batch_size": 64}
+"""The proxy of a user's image folder when no env preset names one: 1,000 proxy images, 256 calibration images."""
 
 
 def build_experiment(
@@ -96,8 +109,7 @@ def build_experiment(
 
     Args:
         env: an env preset name, a YAML file, or a resolved :class:`EnvConfig`.
-        overrides: command-line overrides of the preset: ``model``, ``weights``, ``search_space``,
-            ``criterion`` (a name or a Torch-Pruning importance object), ``proxy_images``; None values are ignored.
+        overrides: command-line overrides of the preset (see :func:`configure`); None values are ignored.
         data: where data and weights come from.
         device: where the proxy runs.
         latency: latency settings; when given, every candidate's latency is measured.
@@ -116,7 +128,6 @@ def build_experiment(
     status(f"loading env {config.name} ({config.model})")
     model, source = load_network(config, data)
     example_inputs = torch.zeros(config.input_shape)
-    _check_runs(model, example_inputs, config)
     status("building the search space")
     space = SearchSpace.from_model(model, example_inputs, load_space(config.search_space))
     status(f"loading the {config.dataset} data")
@@ -144,28 +155,82 @@ def build_experiment(
     return Experiment(config, model, source, example_inputs, space, evaluator, data)
 
 
-def configure(env: str | Path | EnvConfig, overrides: Mapping[str, Any] | None = None) -> EnvConfig:
+def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] | None = None) -> EnvConfig:
     """The env preset (a name, a YAML file or a configuration) with the given overrides applied (a copy).
 
+    Overrides (None values are ignored): ``model`` (a zoo name, ``torchvision:NAME``, ``timm:NAME``,
+    ``file.py:CALLABLE`` or ``module:CALLABLE``), ``model_args`` (keyword arguments of a callable),
+    ``weights``, ``data`` (an image folder with ``train/`` and ``val/`` or ``test/``: calibration on
+    ``train``, proxy and report on two fixed halves of ``val``; the number of classes is its class folders'),
+    ``input_size``, ``mean``, ``std`` (default: the model's own preprocessing for torchvision and timm
+    weights, else the images' size and ImageNet statistics), ``search_space``, ``criterion``,
+    ``proxy_images``, ``report_images``, ``calibration_images``. Without ``env``, ``data`` and ``model`` make
+    the configuration (the default preset otherwise).
+
     Raises:
-        ConfigError: for an unknown preset or override.
+        ConfigError: for an unknown preset or override, or a data folder without a model.
     """
-    config = copy.deepcopy(env) if isinstance(env, EnvConfig) else load_env(str(env))
-    for key, value in (overrides or {}).items():
-        if key not in OVERRIDES:
-            raise ConfigError(f"unknown experiment override {key!r}; choose among {', '.join(OVERRIDES)}")
-        if value is None:
-            continue
-        if key == "proxy_images":
-            config.proxy = {**config.proxy, "images": value}
-        else:
-            setattr(config, key, value)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ConfigError(f"unknown experiment override {unknown[0]!r}; choose among {', '.join(OVERRIDES)}")
+    if env is None and "data" in overrides:
+        if "model" not in overrides:
+            raise ConfigError("--data needs --model: your network (a zoo name, torchvision:NAME, timm:NAME, "
+                              "file.py:CALLABLE or module:CALLABLE)")
+        root = Path(overrides["data"]).expanduser().resolve()
+        config = EnvConfig(name=root.name, model=overrides["model"], weights=None, dataset="", input_shape=[],
+                           proxy=dict(FOLDER_PROXY), search_space="all-convs",
+                           description=f"your model on the image folder {root}")
+    else:
+        config = copy.deepcopy(env) if isinstance(env, EnvConfig) else load_env(str(env or DEFAULT_ENV))
+    for key in ("model", "model_args", "weights", "search_space", "criterion"):
+        if key in overrides:
+            setattr(config, key, overrides[key])
+    if is_user_model(config.model):  # a file path is made absolute, so a resumed run finds it from anywhere
+        file, _, call = config.model.rpartition(":")
+        if file.endswith(".py"):
+            config.model = f"{Path(file).expanduser().resolve()}:{call}"
+    sizes = {"proxy_images": "images", "report_images": "report_images", "calibration_images": "calibration_images"}
+    config.proxy = {**config.proxy, **{sizes[k]: overrides[k] for k in sizes if k in overrides}}
+    if "data" in overrides:
+        _use_folder(config, Path(overrides["data"]).expanduser().resolve(), overrides.get("input_size"))
+    elif "input_size" in overrides:
+        config.input_shape = [*config.input_shape[:-2], overrides["input_size"], overrides["input_size"]]
+    if "mean" in overrides or "std" in overrides:
+        config.normalize = {"mean": list(overrides.get("mean", _norm(config)[0])),
+                            "std": list(overrides.get("std", _norm(config)[1]))}
     return config
 
 
+def _use_folder(config: EnvConfig, root: Path, input_size: int | None) -> None:
+    """Point ``config`` at a user's image folder: splits, classes, input size and normalisation."""
+    classes = folder_classes(root)
+    config.dataset = f"imagefolder:{root}"
+    config.splits = folder_splits(root)
+    config.num_classes = len(classes)
+    preprocessing = model_preprocessing(config.model, config.weights)
+    if input_size is not None:
+        height = width = input_size
+    elif preprocessing is not None:
+        height = width = preprocessing[0]
+        config.resize_size = preprocessing[3]
+    else:
+        shared = folder_image_size(root, "train")
+        if shared is None:
+            raise ConfigError(f"the images in {str(root / 'train')!r} differ in size; pass --input-size N (they are "
+                              f"resized and centre-cropped to N x N)")
+        height, width = shared
+    config.input_shape = [1, 3, height, width]
+    mean, std = (preprocessing[1], preprocessing[2]) if preprocessing is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    config.normalize = {"mean": list(mean), "std": list(std)}
+
+
 def load_network(config: EnvConfig, options: DataOptions) -> tuple[nn.Module, str]:
-    """The preset's network with its weights loaded, and where the weights came from."""
-    model = build_model(config.model, config.num_classes)
+    """The preset's network with its weights loaded, and where the weights came from; its input shape and class
+    count are checked before the weights (a wrong class count is the clearer message)."""
+    model = build_model(config.model, config.num_classes, config.model_args)
+    _check_runs(model, torch.zeros(config.input_shape), config)
     if config.weights == BUILTIN_WEIGHTS:
         if config.model != "digits-cnn":
             raise ConfigError(f"weights 'builtin' exist only for digits-cnn, not {config.model}; pass --weights")
@@ -179,12 +244,18 @@ def load_network(config: EnvConfig, options: DataOptions) -> tuple[nn.Module, st
 def _check_runs(model: nn.Module, example_inputs: torch.Tensor, config: EnvConfig) -> None:
     try:
         with torch.no_grad():
-            model.eval()(example_inputs)
-    except (RuntimeError, ValueError, IndexError) as e:
+            output = model.eval()(example_inputs)
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"input_shape {config.input_shape} of env {config.name!r} does not fit model {config.model} ({first})"
         ) from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        raise ConfigError(f"model {config.model} must return class scores of shape (batch, classes), got "
+                          f"{tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__}")
+    if output.shape[1] != config.num_classes:
+        raise ConfigError(f"model {config.model} outputs {output.shape[1]} classes but the data has "
+                          f"{config.num_classes}; pass a model (or --model-args) with {config.num_classes} outputs")
 
 
 def _norm(config: EnvConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -196,4 +267,18 @@ def _norm(config: EnvConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def _split(config: EnvConfig, role: str, options: DataOptions) -> ImageSet:
     if role not in config.splits:
         raise ConfigError(f"env {config.name!r} names no {role} split (splits: {config.splits})")
-    return load_split(config.dataset, config.splits[role], options.data_dir, options.download, *_norm(config))
+    return load_split(config.dataset, config.splits[role], options.data_dir, options.download, *_norm(config),
+                      **_folder_options(config, role))
+
+
+def _folder_options(config: EnvConfig, role: str) -> dict[str, Any]:
+    """For a user's image folder: only the images a role uses, resized and cropped to the model's input (the
+    built-in data sets load whole splits, as their committed benchmarks did)."""
+    if not config.dataset.startswith("imagefolder:"):
+        return {}
+    proxy = config.proxy
+    calibration = proxy.get("calibration_images") or proxy.get("calibration_batches", 10) * proxy.get("batch_size", 128)
+    images = {"proxy": proxy.get("images"), "report": proxy.get("report_images"), "calibration": calibration}
+    height, width = config.input_shape[-2:]
+    return {"images": images.get(role), "input_size": height if height == width else None,
+            "resize_size": config.resize_size}

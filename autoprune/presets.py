@@ -19,7 +19,8 @@ SPLIT_ROLES = {"proxy", "report", "calibration"}
 PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size", "recover"}
 RECOVERY_METHODS = ("bn", "reconstruct")  # bn: BatchNorm recalibration; reconstruct: AMC's least squares
 _ENV_KEYS = {"name", "description", "model", "weights", "dataset", "num_classes", "input_shape", "normalize",
-             "splits", "proxy", "search_space", "criterion"}
+             "splits", "proxy", "search_space", "criterion", "model_args", "resize_size"}
+_OPTIONAL_KEYS = {"model_args": {}, "resize_size": None}  # written to config.yaml only when set
 
 
 @dataclass
@@ -38,11 +39,16 @@ class EnvConfig:
     search_space: str = "all-convs"
     criterion: str = "l1"
     description: str = ""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    resize_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved configuration, as written to a run's ``config.yaml``."""
-        return {k: getattr(self, k) for k in ("name", "description", "model", "weights", "dataset", "num_classes",
-                                              "input_shape", "normalize", "splits", "proxy", "search_space", "criterion")}
+        """The resolved configuration, as written to a run's ``config.yaml`` (settings at their defaults that
+        older autoprune versions did not have are left out, so that their runs and benchmark cells still match)."""
+        doc = {k: getattr(self, k) for k in ("name", "description", "model", "weights", "dataset", "num_classes",
+                                             "input_shape", "normalize", "splits", "proxy", "search_space", "criterion")}
+        doc.update({k: getattr(self, k) for k, default in _OPTIONAL_KEYS.items() if getattr(self, k) != default})
+        return doc
 
 
 def _preset_names(package: str) -> list[str]:

@@ -60,7 +60,9 @@ class CostModel:
     """Predicts fvcore FLOPs and parameter counts of any policy's pruned network in microseconds.
 
     Every leaf module's dense FLOPs and each parameter tensor scale with the kept fraction of the
-    unit that prunes its output channels and of the unit that prunes its input channels. fvcore
+    unit that prunes its output channels and of the unit that prunes its input channels (an attention
+    layer of a heads unit is priced whole, linear in its kept heads: fvcore counts its projections,
+    and whatever it counts of the attention product also scales with the heads at a fixed sequence length). fvcore
     counts outside leaf modules (functional pooling, say) are calibrated by pruning each unit once.
 
     Args:
@@ -82,7 +84,12 @@ class CostModel:
 
         per_module = fvcore_flops(model, example_inputs, by_module=True)
         self.dense_flops = per_module[""]
-        leaves = [n for n, m in model.named_modules() if not any(True for _ in m.children())]
+        # FLOPs are priced per leaf module, except a unit member with submodules (an attention layer, whose
+        # count, its out_proj's included, scales with its kept heads): priced whole, its submodules skipped
+        modules = dict(model.named_modules())
+        whole = {n for n in roles if n in modules and any(True for _ in modules[n].children())}
+        leaves = [n for n, m in modules.items() if n in whole or (
+            not any(True for _ in m.children()) and not any(n.startswith(f"{w}.") for w in whole))]
         flops, f_out, f_in = [], [], []
         for name in leaves:
             r = roles.get(name)

@@ -1,7 +1,9 @@
 """Policy -> a physically smaller network, through Torch-Pruning's dependency graph.
 
 Channel importance is computed once on the dense network; every policy then removes each unit's
-least important channels. The base model is never changed.
+least important channels. The base model is never changed. A heads unit (an attention layer) ranks
+whole heads, each scored as the mean of the criterion's scores of its query/key/value/output channels
+(Torch-Pruning's head-pruning rule), and loses its least important heads.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.core.graph import build_dependency_graph
+from autoprune.core.graph import build_dependency_graph, prune_heads
 from autoprune.core.importance import CRITERIA, criterion_name, gradient_pass, importance_of, needs_gradients
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError, UnsupportedModelError
@@ -69,9 +71,12 @@ class Pruner:
         order: dict[str, list[int]] = {}
         for unit in self.space.units:
             root = modules[unit.name]
-            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(range(unit.channels)))
-            with torch.no_grad():
-                scores = self.importance(group)
+            if unit.kind == "heads":
+                scores = _head_scores(root, self.importance)
+            else:
+                group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(range(unit.channels)))
+                with torch.no_grad():
+                    scores = self.importance(group)
             if scores is None:  # the criterion found no layer to score (bn_scale on a group without BN)
                 raise UnsupportedModelError(
                     f"criterion {self.criterion!r} cannot score unit {unit.name!r} (no layer it measures); use l1 or l2"
@@ -88,14 +93,20 @@ class Pruner:
         """A pruned copy of the network keeping ``kept[unit]`` channels in each unit (others stay dense)."""
         model = copy.deepcopy(self.model)
         todo = {u.name: kept[u.name] for u in self.space.units if kept.get(u.name, u.channels) < u.channels}
-        if not todo:
-            return model
-        graph = build_dependency_graph(model, self.example_inputs)
-        modules = dict(model.named_modules())
-        for name, k in todo.items():
-            root = modules[name]
-            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, self.removed_channels(name, k))
-            group.prune()
+        heads = {n: k for n, k in todo.items() if self.space.unit(n).kind == "heads"}
+        channels = {n: k for n, k in todo.items() if n not in heads}
+        if channels:
+            graph = build_dependency_graph(model, self.example_inputs)
+            modules = dict(model.named_modules())
+            for name, k in channels.items():
+                root = modules[name]
+                group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, self.removed_channels(name, k))
+                group.prune()
+        for name, k in heads.items():  # after the graph's pruning: the attention layers are replaced
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent)
+            removed = set(self.removed_channels(name, k))
+            setattr(owner, attr, prune_heads(getattr(owner, attr), [h for h in range(self.space.unit(name).channels) if h not in removed]))
         return model
 
     def check_prunable(self) -> None:
@@ -138,6 +149,48 @@ def _with_gradients(
     copy_ = copy.deepcopy(model)
     gradient_pass(copy_, batches, labels)
     return copy_
+
+
+class _HeadSurrogate(nn.Module):
+    """An attention layer's projections as Linear layers whose channels Torch-Pruning groups (q, k, v outputs
+    with the out projection's inputs), so that any criterion scores them; used to rank heads."""
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        embed, inner = attention.in_proj_weight.shape[1], attention.in_proj_weight.shape[0] // 3
+        bias = attention.in_proj_bias is not None
+        self.q, self.k, self.v = (nn.Linear(embed, inner, bias=bias) for _ in range(3))
+        self.out = nn.Linear(inner, embed, bias=attention.out_proj.bias is not None)
+        w, g = attention.in_proj_weight, attention.in_proj_weight.grad
+        b = attention.in_proj_bias
+        with torch.no_grad():
+            for i, layer in enumerate((self.q, self.k, self.v)):
+                layer.weight.copy_(w[i * inner : (i + 1) * inner])
+                if g is not None:
+                    layer.weight.grad = g[i * inner : (i + 1) * inner].clone()
+                if bias:
+                    layer.bias.copy_(b[i * inner : (i + 1) * inner])
+                    if b.grad is not None:
+                        layer.bias.grad = b.grad[i * inner : (i + 1) * inner].clone()
+            self.out.weight.copy_(attention.out_proj.weight)
+            if attention.out_proj.weight.grad is not None:
+                self.out.weight.grad = attention.out_proj.weight.grad.clone()
+            if self.out.bias is not None:
+                self.out.bias.copy_(attention.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.q(x) + self.k(x) + self.v(x))
+
+
+def _head_scores(attention: nn.MultiheadAttention, importance: tp.importance.Importance) -> torch.Tensor | None:
+    """One score per head: the mean of ``importance``'s scores of the head's channels (None if it scores none)."""
+    surrogate = _HeadSurrogate(attention)
+    graph = build_dependency_graph(surrogate, torch.zeros(1, surrogate.q.in_features))
+    inner = surrogate.q.out_features
+    group = graph.get_pruning_group(surrogate.q, tp.prune_linear_out_channels, list(range(inner)))
+    with torch.no_grad():
+        scores = importance(group)
+    return None if scores is None else scores.float().view(attention.num_heads, -1).mean(1)
 
 
 def _output_shape(model: nn.Module | None, example_inputs: torch.Tensor) -> tuple[int, ...] | None:

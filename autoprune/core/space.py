@@ -1,7 +1,18 @@
 """The search space: prunable units found from the dependency graph, with ratio bounds and rounding.
 
-A unit is one Torch-Pruning group (coupled layers share one ratio), named by its first output-pruned
-convolution or linear layer in module order.
+A channel unit is one Torch-Pruning group (coupled layers share one ratio), named by its first
+output-pruned convolution or linear layer in module order. In a transformer the MLP hidden width of
+each block is such a unit (its first Linear, e.g. ``encoder.layers.encoder_layer_0.mlp.0`` in
+torchvision's ``VisionTransformer``).
+
+An attention layer (``nn.MultiheadAttention`` with a packed input projection) is a heads unit
+(``Unit.kind == "heads"``), named by the attention module: its "channels" are its heads, so
+``Unit.kept``, ``round_to`` and ``SearchSpace.kept`` count whole heads, and the pruner removes the
+query, key and value rows of the least important heads and their ``out_proj`` columns (the
+layer becomes :class:`~autoprune.core.graph.HeadPrunedMultiheadAttention`, ``num_heads`` the kept
+heads, ``head_dim`` and ``embed_dim`` unchanged). The embedding dimension (residual stream) couples
+every block and is never a unit: a Torch-Pruning group with an attention layer among its members is
+skipped. ``search_spaces/vit.yaml`` chooses the MLP and heads units of each block.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.core.graph import build_dependency_graph, is_depthwise, member_role
+from autoprune.core.graph import build_dependency_graph, is_depthwise, member_role, prunable_heads
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError, UnsupportedModelError
 
@@ -117,8 +128,11 @@ class Unit:
         max_ratio: highest pruning ratio.
         round_to: kept channels are a multiple of this (or all channels).
         members: ``(module name, role)`` for every layer the group prunes; role is ``out``, ``in`` or
-            ``both`` (in-out coupled layers: batch norm, depthwise convolution).
-        layer: description of the first layer.
+            ``both`` (in-out coupled layers: batch norm, depthwise convolution). A heads unit has the
+            attention module (``out``: its projections shrink with the heads) and its ``out_proj`` (``in``).
+        layer: description of the first layer (a heads unit: ``linear``, ``embed_dim`` in, heads out).
+        kind: ``channels``, or ``heads`` for the attention heads of an ``nn.MultiheadAttention``
+            (``channels`` is then its head count and every count of the unit is in heads).
     """
 
     name: str
@@ -128,6 +142,7 @@ class Unit:
     round_to: int
     members: tuple[tuple[str, str], ...]
     layer: LayerInfo
+    kind: str = "channels"
 
     def kept(self, ratio: float) -> int:
         """Channels kept at ``ratio``: the nearest count the unit allows (a multiple of ``round_to`` within
@@ -251,13 +266,17 @@ class SearchSpace:
                     producers.append(names[module])
             if not producers or (len(producers) > 1 and not config.coupled):
                 continue
+            if any(isinstance(by_name[m], nn.MultiheadAttention) for m, _ in members):
+                continue  # a transformer's embedding dimension (residual stream): never a unit
             name = min(producers, key=order.__getitem__)
-            if not any(fnmatch.fnmatchcase(name, p) for p in config.include):
-                continue
-            if any(fnmatch.fnmatchcase(name, p) for p in config.exclude):
+            if not _selected(name, config):
                 continue
             root = by_name[name]
             units.append(_make_unit(name, root, graph.get_out_channels(root), tuple(sorted(set(members), key=lambda m: order[m[0]])), config))
+        for name, module in model.named_modules():  # attention heads: one unit per attention layer
+            if prunable_heads(module) and module.num_heads > 1 and module not in ignored and _selected(name, config):
+                members = ((name, "out"), (f"{name}.out_proj", "in"))
+                units.append(_make_unit(name, module, module.num_heads, members, config, kind="heads"))
         if not units:
             raise UnsupportedModelError(
                 f"no prunable unit in {type(model).__name__} with search space {config.name!r} "
@@ -276,13 +295,22 @@ def _classifier(model: nn.Module) -> nn.Module:
     return linears[-1] if linears else layers[-1]
 
 
-def _make_unit(name: str, root: nn.Module, channels: int, members: tuple[tuple[str, str], ...], config: SpaceConfig) -> Unit:
-    if isinstance(root, nn.Linear):
+def _selected(name: str, config: SpaceConfig) -> bool:
+    """Whether the unit ``name`` matches an include pattern and no exclude pattern."""
+    return (any(fnmatch.fnmatchcase(name, p) for p in config.include)
+            and not any(fnmatch.fnmatchcase(name, p) for p in config.exclude))
+
+
+def _make_unit(name: str, root: nn.Module, channels: int, members: tuple[tuple[str, str], ...], config: SpaceConfig,
+               kind: str = "channels") -> Unit:
+    if kind == "heads":
+        layer = LayerInfo("linear", root.embed_dim, root.num_heads, 1, 1)
+    elif isinstance(root, nn.Linear):
         layer = LayerInfo("linear", root.in_features, root.out_features, 1, 1)
     else:
         layer = LayerInfo("depthwise" if is_depthwise(root) else "conv", root.in_channels, root.out_channels,
                           int(root.kernel_size[0]), int(root.stride[0]))
-    unit = Unit(name, int(channels), config.min_ratio, config.max_ratio, config.round_to, members, layer)
+    unit = Unit(name, int(channels), config.min_ratio, config.max_ratio, config.round_to, members, layer, kind)
     for rule in config.rules:
         if fnmatch.fnmatchcase(name, rule.pattern):
             unit = replace(

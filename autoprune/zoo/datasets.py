@@ -2,13 +2,16 @@
 
 Split names: ``train``, ``test`` and ``val`` where a dataset has them, plus ``<split>-search`` and
 ``<split>-report``: two fixed, disjoint halves of a split (a seeded permutation), so that a search
-proxy and the reported accuracy never share an image.
+proxy and the reported accuracy never share an image. ``load_split(..., images=N)`` takes a fixed seeded
+subset of a split or half, and ``input_size`` resizes and centre-crops; an ``imagefolder:PATH`` decodes
+only the images chosen (``autoprune/zoo/folder.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,13 +19,23 @@ import torch
 from autoprune.errors import ConfigError, DataError
 from autoprune.io import atomic_write
 from autoprune.zoo.digits import DIGITS_SPLITS, load_digits_split
+from autoprune.zoo.folder import (
+    folder_classes,
+    folder_image_size,
+    folder_splits,
+    load_folder_split,
+    pick,
+    resize_crop,
+    split_name,
+)
 from autoprune.zoo.images import ImageSet, cache_dir
 
 CIFAR10_MEAN = (0.485, 0.456, 0.406)
 CIFAR10_STD = (0.229, 0.224, 0.225)
 DATASETS = ("digits", "cifar10", "imagefolder:PATH")
 HALVES = ("search", "report")
-_SPLIT_SEED = 0
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "HALVES", "data_dir_from_env", "folder_classes",
+           "folder_image_size", "folder_splits", "load_split"]
 
 
 def data_dir_from_env(data_dir: str | Path | None) -> Path | None:
@@ -38,6 +51,10 @@ def load_split(
     download: bool = False,
     mean: tuple[float, ...] = CIFAR10_MEAN,
     std: tuple[float, ...] = CIFAR10_STD,
+    *,
+    images: int | None = None,
+    input_size: int | None = None,
+    resize_size: int | None = None,
 ) -> ImageSet:
     """Load one split of a dataset as decoded tensors (cached on disk after the first decode).
 
@@ -49,30 +66,43 @@ def load_split(
         download: download CIFAR-10 with torchvision when it is not found.
         mean: normalisation mean for image datasets.
         std: normalisation std for image datasets.
+        images: use only this many images of the split (or half): a fixed seeded subset, the same every
+            time; an ``imagefolder`` decodes only those. None: all.
+        input_size: resize (shorter side to ``resize_size``) and centre-crop every image to ``input_size`` x
+            ``input_size``, as torchvision's evaluation transforms. None: images must share one size.
+        resize_size: the shorter side before the crop (default ``input_size``).
 
     Raises:
         ConfigError: for an unknown dataset or split.
         DataError: when the data cannot be found or read.
     """
-    base, _, half = split.rpartition("-") if split.endswith(tuple(f"-{h}" for h in HALVES)) else (split, "", "")
+    _check_sizes(images, input_size, resize_size)
+    base, half = split_name(split)
+    if dataset.startswith("imagefolder:"):
+        root = Path(dataset.removeprefix("imagefolder:")).expanduser()
+        return load_folder_split(root, split, mean, std, images=images, input_size=input_size, resize_size=resize_size)
     if dataset == "digits":
         if base not in DIGITS_SPLITS:
             raise ConfigError(f"digits has splits {DIGITS_SPLITS} (plus -search/-report halves), got {split!r}")
         full = load_digits_split(base)
     elif dataset == "cifar10":
         full = _load_cifar10(base, data_dir_from_env(data_dir), download, mean, std)
-    elif dataset.startswith("imagefolder:"):
-        root = Path(dataset.removeprefix("imagefolder:")).expanduser()
-        full = _load_imagefolder(root / base, mean, std)
     else:
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return _half(full, half) if half else full
+    idx = pick(len(full), half, images)
+    chosen = full if idx is None else full.subset(idx)
+    if input_size is None:
+        return chosen
+    return replace(chosen, images=resize_crop(chosen.images, input_size, resize_size))
 
 
-def _half(full: ImageSet, half: str) -> ImageSet:
-    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(_SPLIT_SEED))
-    mid = len(full) // 2
-    return full.subset(perm[:mid] if half == "search" else perm[mid:])
+def _check_sizes(images: int | None, input_size: int | None, resize_size: int | None) -> None:
+    for name, value in (("images", images), ("input size", input_size), ("resize size", resize_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    if resize_size is not None and (input_size is None or resize_size < input_size):
+        raise ConfigError(f"resize size {resize_size} needs an input size of at most {resize_size}, "
+                          f"got {input_size}: pass --input-size too, no larger than the resize size")
 
 
 def _load_cifar10(
@@ -109,7 +139,7 @@ def _load_cifar10_batches(
 
 
 def _load_imagefolder(root: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageSet:
-    """Decode an ImageFolder tree (``root/<class>/<image>``) of equally sized images, with a disk cache."""
+    """Decode CIFAR-10's ImageFolder copy (``root/<class>/<image>``), the whole split, with a disk cache."""
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist")
     from torchvision.datasets import ImageFolder

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,20 @@ def resolve_weights_path(spec: str, weights_dir: str | Path | None = None) -> Pa
     return None
 
 
-def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, trust: bool = False, expected: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Read a state dict from a checkpoint file.
 
-    Accepts a bare state dict or one under a ``state_dict`` or ``model`` key, and strips the
-    ``module.`` prefix DataParallel adds.
+    Accepts a bare state dict or one held (once or twice nested) under a ``state_dict``, ``model``, ``net``
+    or ``module`` key, and strips the wrapper prefixes ``module.`` (DataParallel), ``model.`` and
+    ``_orig_mod.`` (torch.compile) that all keys share: with ``expected`` (the model's keys) only as far as
+    that makes more keys match, without it only ``module.`` and ``_orig_mod.``.
 
     Args:
         path: the checkpoint file.
         trust: unpickle arbitrary objects (``weights_only=False``); only for files you trust.
+        expected: the keys of the network the weights are for.
 
     Raises:
         WeightsError: if the file is missing, corrupt, or holds no state dict.
@@ -52,16 +58,53 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
         blob = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # unpickling can raise anything (a trusted file: anything its classes raise)
         raise _load_error(path, e, trust) from None
+    state = _unwrap(blob)
+    if state is None:
+        raise WeightsError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+    return strip_prefixes(state, expected)
+
+
+_CONTAINER_KEYS = ("state_dict", "model", "net", "module")
+"""Keys training scripts keep the state dict under (``{"model": {"state_dict": ...}}`` is found too)."""
+
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+"""Prefixes wrappers add to every key: DataParallel/DDP, a LightningModule-style holder, torch.compile."""
+
+
+def _unwrap(blob: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
+    """The state dict in a loaded checkpoint: itself, a module's, or one under a container key."""
     if isinstance(blob, nn.Module):
         blob = blob.state_dict()
-    if isinstance(blob, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(blob.get(key), dict):
-                blob = blob[key]
-                break
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise WeightsError(f"checkpoint {str(path)!r} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in blob.items()}
+    if not isinstance(blob, dict) or not blob:
+        return None
+    if all(isinstance(k, str) for k in blob) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob
+    if depth < 2:
+        for key in _CONTAINER_KEYS:
+            if key in blob and (found := _unwrap(blob[key], depth + 1)) is not None:
+                return found
+    return None
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], expected: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """``state`` without the wrapper prefixes all its keys share (``_orig_mod.module.`` and the like).
+
+    With ``expected``, a prefix is stripped only when that makes more keys match ``expected`` (a model whose
+    own first attribute is ``model`` keeps its keys); without it, only ``module.`` and ``_orig_mod.`` are.
+    """
+    prefixes = _PREFIXES if expected is not None else ("module.", "_orig_mod.")
+    candidates = [state]
+    while (keys := list(candidates[-1])) and (
+        prefix := next((p for p in prefixes if all(k.startswith(p) for k in keys)), None)
+    ):
+        candidates.append({k.removeprefix(prefix): v for k, v in candidates[-1].items()})
+    if expected is None:
+        return candidates[-1]
+    wanted = set(expected)
+    scores = [len(wanted.intersection(c)) for c in candidates]
+    if max(scores) == 0:
+        return candidates[-1]  # nothing matches anyway: the plainest keys make the clearest message
+    return candidates[scores.index(max(scores))]  # the least stripping that matches best
 
 
 _REFUSED = ("Unsupported global", "Unsupported class", "allowlisted", "allowed global")
@@ -135,7 +178,7 @@ def load_weights(
     """
     path = resolve_weights_path(spec, weights_dir)
     if path is not None:
-        state = read_state_dict(path, trust)
+        state = read_state_dict(path, trust, expected=model.state_dict().keys())
         source = str(path)
     elif model_name.startswith(TORCHVISION_PREFIX) and "/" not in spec and not spec.endswith((".pt", ".pth", ".th")):
         state = _torchvision_state_dict(model_name.removeprefix(TORCHVISION_PREFIX), spec)
@@ -168,21 +211,31 @@ def _torchvision_state_dict(arch: str, name: str) -> dict[str, torch.Tensor]:
 
 
 def _load_strict(model: nn.Module, model_name: str, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` if every key and shape fits, else raise one line naming what does not."""
     expected = model.state_dict()
     # Checkpoints saved before PyTorch 0.4.1 have no BatchNorm batch counters; they are not weights.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
+        parts = []
         if mismatched:
-            k = mismatched[0]
-            detail = f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(expected[k].shape)} in the model"
-        elif missing:
-            detail = f"{len(missing)} parameters missing, e.g. {missing[0]}"
-        else:
-            detail = f"{len(unexpected)} unexpected parameters, e.g. {unexpected[0]}"
+            shapes = [f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(expected[k].shape)} in the model"
+                      for k in mismatched[:3]]
+            parts.append(f"{len(mismatched)} wrongly shaped: {_few(shapes, len(mismatched))}")
+        if missing:
+            parts.append(f"{len(missing)} parameters missing, e.g. {_few(missing, len(missing))}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected parameters, e.g. {_few(unexpected, len(unexpected))}")
         raise WeightsError(
-            f"checkpoint {source!r} does not fit model {model_name} ({detail}); pass weights trained for "
-            f"{model_name} or choose the matching --model"
+            f"checkpoint {source!r} does not fit model {model_name} ({'; '.join(parts)}); it was saved for "
+            f"another architecture or other --model-args: pass weights trained for {model_name} or choose the "
+            f"matching --model and --model-args"
         )
     model.load_state_dict(state, strict=False)
+
+
+def _few(items: list[str], total: int, shown: int = 3) -> str:
+    """The first ``shown`` items, and how many more there are."""
+    more = f" (+{total - shown} more)" if total > shown else ""
+    return ", ".join(items[:shown]) + more

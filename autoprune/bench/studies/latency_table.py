@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     spaces = args.spaces.split(",") if args.spaces else list(dict.fromkeys([config.search_space, "all-convs"]))
     settings = LatencySettings(device=str(device), threads=args.threads, repeats=args.repeats, batch_size=args.batch_size)
-    model = build_model(config.model, config.num_classes).eval()
+    model = build_model(config.model, config.num_classes, config.model_args).eval()
     x = torch.zeros([args.batch_size, *config.input_shape[1:]])
     lines = [f"# Latency lookup table against measured latency: {args.env}", ""]
     lines += machine_header(["python", "-m", "autoprune.bench.studies.latency_table", *argv])
