@@ -113,8 +113,8 @@ def candidate_from_trial(trial: FrozenTrial, position: int) -> Candidate:
             costs={c: a[c] for c in a.get("costs", ())},
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"trial {trial.number} of study {trial.user_attrs.get('method', '')!r} is not an autoprune "
-                          f"candidate ({type(e).__name__}: {e}); was the study written by another program?") from None
+        raise ConfigError(f"trial {trial.number} of the run's study is not an autoprune candidate ({type(e).__name__}: "
+                          f"{e}); was the study written by another program? Choose another --study-name") from None
 
 
 def recorded_candidates(study: optuna.Study) -> list[Candidate]:
