@@ -7,6 +7,7 @@ written before the inputs have been checked.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -33,8 +34,12 @@ from autoprune.core.rebuild import check_fits, kept_channels, policy_file
 from autoprune.errors import AutopruneError, ConfigError, PolicyError
 from autoprune.experiment import DataOptions, Experiment, build_experiment, configure
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, space_names
+from autoprune.run.interrupt import StopRequested
 from autoprune.search import SAMPLERS, SEARCHERS, get_searcher, methods_accepting, methods_where
 from autoprune.zoo.models import zoo_names
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full disk (or quota): a command stops with one line and status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +86,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help=f"search-space preset or YAML file ({', '.join(space_names())})")
     p.add_argument("--criterion", choices=CRITERIA, help="channel-selection criterion (default: the preset's, l1)")
     p.add_argument("--proxy-images", type=int, help="number of proxy-split images to score on")
+    p.add_argument("--proxy-forward", choices=("fast", "plain"), help="how candidates are scored: fast (default: "
+                   "channels-last, BatchNorm folded, inference mode) or plain (as before racing, to compare)")
     p.add_argument("--report-images", type=int, help="number of report-split images (--data; default: all of its half)")
     p.add_argument("--calibration-images", type=int, help="number of train images for BatchNorm calibration (--data)")
     p.add_argument("--device", default="cpu", help="device for evaluation and latency (cpu, cuda, cuda:1)")
@@ -103,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", action="store_true", help="measure every candidate's latency (implied by a latency budget)")
     s.add_argument("--sampler", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe; "
                    f"{', '.join(methods_accepting('sampler'))})")
+    s.add_argument("--racing", help="score candidates in stages and stop those that cannot beat the best so far: on "
+                   "(default: a quarter, half, all of the proxy images), off, or image counts such as 250,500 "
+                   f"({', '.join(methods_where('races'))})")
     s.add_argument("--objectives", default="acc", help="acc (default), or acc,flops / acc,latency / acc,params for a Pareto front")
     s.add_argument("--storage", help="Optuna storage URL shared by workers: sqlite:///f.db, postgresql://..., mysql://..., "
                    "or a journal file (f.log); default: study.db in the run directory")
@@ -141,9 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dashboard", help="inspect a run's study in optuna-dashboard")
     d.add_argument("run", help="run directory")
-    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 serves every network the machine is on, to anyone who can reach it)")
     d.add_argument("--port", type=int, default=8080)
     d.set_defaults(func=cmd_dashboard)
+
+    r = sub.add_parser("report", help="write the run directory (policy, trials.csv, summary, plots) of a study "
+                       "shared by many machines")
+    r.add_argument("--storage", required=True, help="the Optuna storage URL the workers shared, e.g. "
+                   "postgresql://user:password@host:5432/db")
+    r.add_argument("--study-name", required=True, help="the --study-name of the search")
+    r.add_argument("--out", help="new run directory (default results/runs/<time>-<env>-report)")
+    r.add_argument("--data-dir", help="this machine's data folder, if not the one the search recorded")
+    r.add_argument("--device", help="evaluate the best policy on this device (default: the search's)")
+    r.add_argument("--quiet", action="store_true", help="no stage lines")
+    r.set_defaults(func=cmd_report)
 
     _add_sensitivity(sub)
     _add_bench(sub)
@@ -172,7 +194,7 @@ def _config(args: argparse.Namespace, record: PolicyRecord | None = None, policy
         config.search_space = record.search_space or config.search_space
         config.criterion = record.criterion
     config = configure(config, {"search_space": args.space or None, "criterion": args.criterion or None,
-                                "proxy_images": args.proxy_images})
+                                "proxy_images": args.proxy_images, "proxy_forward": args.proxy_forward})
     if getattr(args, "save_env", None):
         from autoprune.io import check_output_file
 
@@ -257,6 +279,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers, latency=args.latency, device=_device(args.device), threads=args.threads,
         data_dir=args.data_dir, download=args.download, trust_checkpoint=args.trust_checkpoint,
         method_options=_method_options(args), latency_model=args.latency_model,
+        **({"racing": args.racing} if args.racing else {}),
     )
     run_dir = run_search(settings, args.out, progress=not args.quiet)
     record = PolicyRecord.load(run_dir / "policy.json")
@@ -365,6 +388,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--finetune-images", type=int, help="fine-tune on this many calibration images (default all; "
                    f"--quick {QUICK['finetune_images']})")
     b.add_argument("--no-latency", action="store_true", help="do not time the best policies")
+    b.add_argument("--racing", choices=("on", "off"), default="on", help="racing methods race their candidates (on, "
+                   "default) or score every candidate on every image (off; one method: <spec>@full, e.g. random@full)")
     b.add_argument("--name", help="report name (default: the env's name)")
     b.add_argument("--out", default="results/benchmarks", help="folder of the report and its cells "
                    "(default results/benchmarks)")
@@ -388,7 +413,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         env=_config(args).to_dict(), budgets=parse_budgets(args.budgets),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), **sizes,
         latency=not args.no_latency, device=_device(args.device), threads=args.threads, data_dir=args.data_dir,
-        name=args.name, out=args.out,
+        name=args.name, out=args.out, racing=args.racing,
     )
     command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
     files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command)
@@ -438,6 +463,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from autoprune.run.study import open_storage
 
     optuna_dashboard.run_server(open_storage(url, Path(args.run)), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``autoprune report``: the run directory of a shared study, written on this machine."""
+    from autoprune.run.report import report
+
+    run_dir, record = report(args.storage, args.study_name, args.out, data_dir=args.data_dir,
+                             device=_device(args.device) if args.device else None)
+    _print_record(record)
+    print(f"{plural(record.found_by['evaluations'], 'evaluation')} recorded in {run_dir / 'trials.csv'}; "
+          f"run directory: {run_dir}")
     return 0
 
 
@@ -642,6 +679,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutopruneError as e:
         print(f"autoprune: error: {e}", file=sys.stderr)
         return 2
+    except StopRequested as e:  # SIGINT or SIGTERM: the search stopped between candidates and wrote its outputs
+        print(f"autoprune: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        where = f" while writing {e.filename!r}" if e.filename else ""
+        print(f"autoprune: error: no space left on the device{where}; free some space, then run the same command "
+              f"again (a search resumes with every candidate its study recorded)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130

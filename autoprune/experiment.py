@@ -18,6 +18,7 @@ from autoprune.core.importance import needs_gradients
 from autoprune.core.latency_table import latency_table_for
 from autoprune.core.proxy import Proxy, predict, recalibrate_batchnorm
 from autoprune.core.prune import Pruner
+from autoprune.core.racing import Racing
 from autoprune.core.reconstruct import Reconstructor
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
@@ -88,7 +89,7 @@ class Experiment:
 
 
 OVERRIDES = ("model", "model_args", "weights", "data", "input_size", "mean", "std", "search_space", "criterion",
-             "proxy_images", "report_images", "calibration_images")
+             "proxy_images", "report_images", "calibration_images", "proxy_forward")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FOLDER_PROXY = {"kind": "accuracy", "images": 1000, "calibration_batches": 4, "batch_size": 64}
@@ -103,6 +104,7 @@ def build_experiment(
     device: str = "cpu",
     latency: LatencySettings | None = None,
     latency_model: str | None = None,
+    racing: str = "off",
 ) -> Experiment:
     """The one way to assemble an experiment: network and weights, data splits, search space, pruner, cost model,
     proxy, recovery, latency model and the Evaluator that holds them.
@@ -115,6 +117,8 @@ def build_experiment(
         latency: latency settings; when given, every candidate's latency is measured.
         latency_model: ``lut`` prices latency with the (cached) lookup table; ``measure`` or None time each
             network.
+        racing: the Evaluator's racing stages: ``off``, ``on`` (a quarter, half and all of the proxy images) or
+            ascending image counts such as ``250,500`` (see :class:`~autoprune.core.racing.Racing`).
 
     Raises:
         AutopruneError: for an unknown preset or model, missing or mismatched weights, missing data, a bad
@@ -151,7 +155,7 @@ def build_experiment(
     if latency_model == "lut":
         table = latency_table_for(model, example_inputs, space, latency, pruner.prune)
     evaluator = Evaluator(model, example_inputs, space, proxy, criterion, latency, pruner=pruner, recovery=recovery,
-                          latency_table=table)
+                          latency_table=table, racing=Racing.parse(racing, len(proxy)))
     return Experiment(config, model, source, example_inputs, space, evaluator, data)
 
 
@@ -164,7 +168,8 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
     ``train``, proxy and report on two fixed halves of ``val``; the number of classes is its class folders'),
     ``input_size``, ``mean``, ``std`` (default: the model's own preprocessing for torchvision and timm
     weights, else the images' size and ImageNet statistics), ``search_space``, ``criterion``,
-    ``proxy_images``, ``report_images``, ``calibration_images``. Without ``env``, ``data`` and ``model`` make
+    ``proxy_images``, ``report_images``, ``calibration_images``, ``proxy_forward`` (``fast`` or ``plain``, see
+    :class:`~autoprune.core.proxy.Proxy`). Without ``env``, ``data`` and ``model`` make
     the configuration (the default preset otherwise).
 
     Raises:
@@ -191,7 +196,8 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
         file, _, call = config.model.rpartition(":")
         if file.endswith(".py"):
             config.model = f"{Path(file).expanduser().resolve()}:{call}"
-    sizes = {"proxy_images": "images", "report_images": "report_images", "calibration_images": "calibration_images"}
+    sizes = {"proxy_images": "images", "report_images": "report_images", "calibration_images": "calibration_images",
+             "proxy_forward": "forward"}
     config.proxy = {**config.proxy, **{sizes[k]: overrides[k] for k in sizes if k in overrides}}
     if "data" in overrides:
         _use_folder(config, Path(overrides["data"]).expanduser().resolve(), overrides.get("input_size"))

@@ -24,6 +24,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     The temporary name (``.<name>.<pid>.tmp<suffix>``) keeps the suffix, for writers that go by it. It is
     created before ``write`` runs, so a folder the operating system refuses raises :class:`OSError` whatever
     the writer would raise; it is removed if ``write`` or the rename fails, and ``path`` keeps its old content.
+    An :class:`OSError` (a full disk) names ``path``, not the temporary file.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
@@ -31,6 +32,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         tmp.open("wb").close()
         write(tmp)
         tmp.replace(path)
+    except OSError as e:
+        if e.errno is None or e.filename not in (None, str(tmp), tmp):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from autoprune.io import load_yaml
 
 DEFAULT_ENV = "digits-demo"
 SPLIT_ROLES = {"proxy", "report", "calibration"}
-PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size", "recover"}
+PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size", "recover", "forward"}
 RECOVERY_METHODS = ("bn", "reconstruct")  # bn: BatchNorm recalibration; reconstruct: AMC's least squares
 _ENV_KEYS = {"name", "description", "model", "weights", "dataset", "num_classes", "input_shape", "normalize",
              "splits", "proxy", "search_space", "criterion", "model_args", "resize_size"}

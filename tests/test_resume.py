@@ -6,28 +6,28 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from autoprune.core.evaluator import Evaluator
+from autoprune.search.base import Searcher
 
 RUNS = {
     "random": ["--method", "random", "--evals", "7"],
     "netadapt": ["--method", "netadapt", "--evals", "12", "--netadapt-step", "0.2", "--netadapt-decay", "1"],
     "sensitivity": ["--method", "sensitivity", "--evals", "4", "--ratios", "0.3,0.6"],
+    "evolution": ["--method", "evolution", "--evals", "11", "--offspring", "4"],  # interrupted inside a generation
 }
 
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Stop the process (as Ctrl-C would) when a search is about to record its ``n + 1``-th candidate."""
-    evaluate = Evaluator.evaluate
+    """Stop the process (as Ctrl-C would) once a search has recorded ``n`` candidates, as it takes the next."""
+    record = Searcher.record
     seen = {"n": 0}
 
-    def interrupted(self, policy, meta=None):
-        if meta and "within_budget" in meta:  # a search's candidate (a sensitivity scan's points have no budget)
-            seen["n"] += 1
-            if seen["n"] > n:
-                raise KeyboardInterrupt
-        return evaluate(self, policy, meta)
+    def interrupted(self, candidate):
+        seen["n"] += 1
+        if seen["n"] > n:
+            raise KeyboardInterrupt
+        return record(self, candidate)
 
-    monkeypatch.setattr(Evaluator, "evaluate", interrupted)
+    monkeypatch.setattr(Searcher, "record", interrupted)
 
 
 def _kept(trials: pd.DataFrame) -> list[tuple[int, ...]]:

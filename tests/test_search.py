@@ -85,15 +85,15 @@ def test_trial_numbers_count_rows_over_workers_and_resumes(tmp_path):
 
 def test_failed_candidate_is_a_record_not_a_crash(digits, monkeypatch):
     calls = {"n": 0}
-    score = digits.evaluator.proxy.score
+    correct = digits.evaluator.proxy.correct
 
-    def flaky(model, recalibrate=True):
+    def flaky(model, start=0, stop=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return score(model, recalibrate)
+        return correct(model, start, stop)
 
-    monkeypatch.setattr(digits.evaluator.proxy, "score", flaky)
+    monkeypatch.setattr(digits.evaluator.proxy, "correct", flaky)
     digits.evaluator._cache.clear()
     result = _run(digits, "random", seed=5)
     assert [c.status for c in result.candidates].count("fail") == 1

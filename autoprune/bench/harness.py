@@ -51,6 +51,7 @@ def check_identity(settings: BenchSettings) -> None:
     if not path.is_file():
         return
     saved, now = json.loads(path.read_text()), json.loads(json.dumps(settings.identity()))
+    saved.setdefault("racing", "off")  # cells made before racing scored every candidate on every image
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({', '.join(changed)}); "
@@ -187,9 +188,12 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     if get_searcher(search.method).uses_sensitivity_scan(search.method_options):
         record_scan(settings, exp)  # made once, before the first cell that needs it, so its cost is known
     searcher = search.searcher(exp)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    finished_at: dict[int, tuple[float, float]] = {}  # evaluation index -> (wall-clock, CPU) seconds since the start
+    exp.evaluator.observers.append(lambda c: finished_at.setdefault(
+        c.index, (time.perf_counter() - start, time.process_time() - cpu_start)))
     search_in_process(searcher, exp, progress, leave=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     result = searcher.result
     best = result.best
     if best is None:
@@ -201,6 +205,12 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
         "flops": best.flops, "dense_flops": exp.evaluator.cost.dense_flops, "params": best.params,
         "dense_params": count_params(exp.model), "kept": dict(best.kept),
         "channels": {u.name: u.channels for u in exp.space.units}, "curve": best_so_far(result.candidates),
+        "curve_seconds": [round(finished_at.get(c.index, (seconds, 0))[0], 3) for c in result.candidates],
+        "cpu_seconds": cpu_seconds,  # this process's CPU time: with one thread, not inflated by other load
+        "curve_cpu_seconds": [round(finished_at.get(c.index, (0, cpu_seconds))[1], 3) for c in result.candidates],
+        "racing": list(exp.evaluator.racing.stages) if searcher.racing else None,  # type: ignore[union-attr]
+        "stopped": sum(c.stopped for c in result.candidates),
+        "images_scored": sum(c.fidelity or 0 for c in result.candidates if not c.cached),
         "machine": machine_description(), "versions": library_versions(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if settings.latency:

@@ -3,7 +3,8 @@
 ``<out>/<name>.md`` starts with the machine, library versions, the dense baseline and the exact
 command; ``<name>.csv`` holds one row per cell; ``<name>-tradeoff.png`` plots test accuracy against
 FLOPs with error bars per method, ``<name>-ratios.png`` the per-unit ratio profile of each method's
-best policy, and ``<name>-curves.png`` the best proxy accuracy found after each evaluation. A
+best policy, ``<name>-curves.png`` the best proxy accuracy found after each evaluation and, for cells that
+timed their evaluations, ``<name>-anytime.png`` the same against wall-clock seconds (:mod:`autoprune.bench.anytime`). A
 ``findings.md`` written by hand beside the cells is appended as the report's last section.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from autoprune.bench.anytime import anytime_section, plot_anytime, timed
 from autoprune.bench.machine import machine_header
 from autoprune.bench.settings import BenchSettings, parse_method
 from autoprune.console import plural
@@ -115,7 +117,9 @@ def write_report(settings: BenchSettings, cells: list[dict[str, Any]], dense: di
     plots = [plot_tradeoff(frame, dense, out / f"{name}-tradeoff.png", name),
              plot_ratios(cells, out / f"{name}-ratios.png", name),
              plot_curves(cells, out / f"{name}-curves.png", name)]
-    lines = _markdown(settings, frame, dense, scan, command, csv, plots)
+    if timed(cells):
+        plots.append(plot_anytime(cells, out / f"{name}-anytime.png", name))
+    lines = _markdown(settings, frame, dense, scan, command, csv, plots, anytime_section(cells))
     findings = settings.cell_dir / FINDINGS
     if findings.is_file():
         lines += ["", "## Findings", "", f"_Written by hand in `{findings.relative_to(out).as_posix()}` from the cells "
@@ -142,7 +146,7 @@ def measured_on(frame: pd.DataFrame) -> list[str]:
 
 
 def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any], scan: dict[str, Any] | None,
-              command: list[str], csv: Path, plots: list[Path]) -> list[str]:
+              command: list[str], csv: Path, plots: list[Path], sections: list[str]) -> list[str]:
     env = settings.env
     finetuned = settings.finetune_epochs > 0
     lines = [f"# Pruning-policy search methods on {settings.title}", ""]
@@ -192,6 +196,7 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
                   "no standard deviation.", ""]
         lines += comparison_table(part, [("proxy_acc", "proxy acc"), ("report_acc", "test acc"),
                                          ("finetuned_acc", "test acc after fine-tune")])
+    lines += sections
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return lines

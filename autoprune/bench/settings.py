@@ -14,17 +14,34 @@ from autoprune.search import SEARCHERS, get_searcher, methods_accepting, methods
 from autoprune.search.sensitivity import PRIORS
 
 DEFAULT_METHODS = ("uniform", "random", "sensitivity", "netadapt", "optuna-tpe", "optuna-cmaes", "ddpg", "sac")
+FULL_FIDELITY = "@full"
+"""Spec suffix of a racing method run with racing off (every candidate scored on every proxy image): ``random@full``."""
+
+
+def full_fidelity(spec: str) -> tuple[str, bool]:
+    """``random@full`` -> (``random``, True); ``random`` -> (``random``, False)."""
+    return (spec[: -len(FULL_FIDELITY)], True) if spec.endswith(FULL_FIDELITY) else (spec, False)
 
 
 def parse_method(spec: str) -> tuple[str, str | None, str | None]:
     """A method spec -> (method, variant, prior). ``optuna-tpe`` -> (``optuna``, ``tpe``, None): a method whose
     ``variant_option`` is set (Optuna's sampler) is named with its value; ``ddpg+sensitivity`` -> (``ddpg``, None,
-    ``sensitivity``): the searcher with ``--prior sensitivity``.
+    ``sensitivity``): the searcher with ``--prior sensitivity``. A racing method's spec may end in ``@full``
+    (racing off, see :func:`full_fidelity`).
 
     Raises:
-        ConfigError: for an unknown method, variant or prior, or a prior on a method that takes none.
+        ConfigError: for an unknown method, variant or prior, a prior on a method that takes none, or ``@full`` on
+            a method that does not race.
     """
-    base, _, prior = spec.partition("+")
+    stem, full = full_fidelity(spec)
+    method, variant, prior = _parse_stem(stem, spec)
+    if full and not get_searcher(method).races:
+        raise ConfigError(f"{spec!r}: {FULL_FIDELITY} (racing off) applies to {', '.join(methods_where('races'))}")
+    return method, variant, prior
+
+
+def _parse_stem(stem: str, spec: str) -> tuple[str, str | None, str | None]:
+    base, _, prior = stem.partition("+")
     if prior and prior not in PRIORS:
         raise ConfigError(f"unknown prior in {spec!r}; write <method>+<prior> with one of {', '.join(PRIORS)}")
     method, variant = base, None
@@ -58,6 +75,7 @@ class BenchSettings:
         evals: evaluations per cell (episodes for the rl methods).
         finetune_epochs: epochs of the short fine-tune of each best policy (0: none).
         finetune_images: train on a fixed subset of this many calibration images (None: all).
+        racing: ``on`` (racing methods race, unless their spec ends in ``@full``) or ``off`` (no cell races).
         latency: time each best policy (and the dense network) on the device.
         device: where to evaluate, fine-tune and time.
         threads: CPU threads while timing.
@@ -79,11 +97,15 @@ class BenchSettings:
     data_dir: str | None = None
     name: str | None = None
     out: str = "results/benchmarks"
+    racing: str = "on"
 
     def check(self) -> None:
         """Raise :class:`ConfigError` or :class:`BudgetError` for settings that cannot run."""
         if not self.methods:
             raise ConfigError("--methods names no method")
+        if self.racing not in ("on", "off"):
+            raise ConfigError(f"--racing for a benchmark is on or off (a method spec ending in {FULL_FIDELITY} turns it "
+                              f"off for that method), got {self.racing!r}")
         for spec in self.methods:
             cls = get_searcher(parse_method(spec)[0])
             for text in self.budgets:
@@ -120,7 +142,7 @@ class BenchSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings finished cells depend on (a rerun with other values must not reuse them)."""
-        keep = ("env", "finetune_epochs", "finetune_images", "latency", "device", "threads")
+        keep = ("env", "finetune_epochs", "finetune_images", "latency", "device", "threads", "racing")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
     def cells(self) -> list[tuple[int, str, str]]:
@@ -140,6 +162,8 @@ class BenchSettings:
         options: dict[str, Any] = {} if prior is None else {"prior": prior}
         options.update(cls.benchmark_options(Budget.parse(budget), self.evals, units))
         fields: dict[str, Any] = {}
+        if cls.races and (self.racing == "off" or full_fidelity(spec)[1]):
+            fields["racing"] = "off"
         if cls.variant_option is not None:
             target = fields if cls.variant_option in SearchSettings.__dataclass_fields__ else options
             target[cls.variant_option] = variant

@@ -127,12 +127,12 @@ class CostModel:
         leaf = float(np.dot(self._flops, frac[self._f_out] * frac[self._f_in]))
         counts = frac * self._channels
         residual = self._residual + float(np.dot(self._residual_slope, counts - self._channels))
-        return int(round(leaf + residual))
+        return round(leaf + residual)
 
     def params(self, kept: Mapping[str, int]) -> int:
         """Parameter count of the network keeping ``kept[unit]`` channels per unit."""
         frac = self._fractions(kept)
-        return int(round(float(np.dot(self._params, frac[self._p_out] * frac[self._p_in]))))
+        return round(float(np.dot(self._params, frac[self._p_out] * frac[self._p_in])))
 
     def _calibrate_residual(self, example_inputs: torch.Tensor, prune) -> None:
         """Fit FLOPs counted outside pruned leaf modules as linear in each unit's channel count.

@@ -5,6 +5,10 @@ come from the calibrated :class:`~autoprune.core.cost.CostModel` (equal to fvcor
 so the only heavy work per candidate is the proxy's forward passes. Repeated channel layouts are
 answered from a cache. Every candidate, cached or failed, is passed to the observers (the run's
 records).
+
+A candidate can be scored in stages (:meth:`Evaluator.start` gives a :class:`Scoring` that scores growing
+prefixes of the proxy split): racing (:mod:`autoprune.core.racing`) stops a candidate that cannot beat the
+incumbent, and the evolutionary searcher selects offspring on growing slices.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from autoprune.core.metrics import BudgetMetric, get_metric, recorded_metrics
 from autoprune.core.policy import Policy
 from autoprune.core.proxy import Proxy
 from autoprune.core.prune import Pruner
+from autoprune.core.racing import Racing
 from autoprune.core.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -30,7 +35,9 @@ if TYPE_CHECKING:
 
     from autoprune.core.latency_table import LatencyTable
 
-FAILURES = (RuntimeError, ValueError, IndexError, torch.cuda.OutOfMemoryError)
+FAILURES = (Exception,)
+"""What a candidate's evaluation may raise and still be recorded as a failed candidate (a user's network may raise
+anything; NaN or infinite outputs raise :class:`~autoprune.core.proxy.NonFiniteOutput`)."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,9 @@ class Candidate:
         index: evaluation number (0-based) within the Evaluator.
         policy: the requested ratios.
         kept: channels actually kept per unit (after rounding).
-        status: ``ok``, or ``fail`` with ``reason``.
-        proxy_acc: proxy accuracy after BN recalibration (None on failure).
+        status: ``ok`` (scored on every proxy image), ``stopped`` (raced out: scored on ``fidelity`` images and
+            found unable to beat the incumbent), or ``fail`` with ``reason``.
+        proxy_acc: proxy accuracy after BN recalibration, on the ``fidelity`` images scored (None on failure).
         flops: FLOPs (MACs, as fvcore counts them).
         params: parameter count.
         latency_ms: measured latency, when the Evaluator measures it.
@@ -52,6 +60,8 @@ class Candidate:
         meta: what the searcher attached (method name, raw sample, ...).
         costs: the cost of every registered metric without a field of its own (see
             :func:`~autoprune.core.metrics.register_metric`), keyed by the metric's column.
+        fidelity: proxy images scored (None on failure).
+        curve: proxy accuracy after each stage scored, keyed by the number of images (racing's intermediate values).
     """
 
     index: int
@@ -67,16 +77,171 @@ class Candidate:
     cached: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
+    fidelity: int | None = None
+    curve: dict[int, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """Whether the evaluation succeeded."""
+        """Whether the evaluation succeeded on every proxy image."""
         return self.status == "ok"
+
+    @property
+    def stopped(self) -> bool:
+        """Whether racing stopped it before every proxy image was scored."""
+        return self.status == "stopped"
 
     def value(self, metric: str | BudgetMetric) -> float | None:
         """The candidate's cost in a registered metric (None where it was not measured)."""
         m = get_metric(metric) if isinstance(metric, str) else metric
         return getattr(self, m.attribute) if m.attribute is not None else self.costs.get(m.column)
+
+
+class Scoring:
+    """A candidate being scored: built once, then scored on growing prefixes of the proxy split.
+
+    Get one from :meth:`Evaluator.start`; :meth:`advance` scores more images, :meth:`loses_to` races it against an
+    incumbent, :meth:`finish` records it (as ``ok`` once every image is scored, ``stopped`` before) and hands it to
+    the Evaluator's observers. A failure while building or scoring ends it as a ``fail`` candidate.
+    """
+
+    def __init__(self, evaluator: Evaluator, policy: Policy, kept: dict[str, int], meta: dict[str, Any],
+                 start: float, known: torch.Tensor | None = None, cached: Candidate | None = None) -> None:
+        self.evaluator = evaluator
+        self.policy, self.kept, self.meta = policy, kept, meta
+        self.key = evaluator.key(kept)
+        self.hits = known if known is not None else torch.zeros(0, dtype=torch.bool)
+        self.curve: dict[int, float] = dict(cached.curve) if cached is not None else {}
+        self.reason: str | None = None
+        self.timings: dict[str, float] = {}
+        self._start = start
+        self._raw: nn.Module | None = None  # the pruned network, BatchNorm recalibrated on _batches batches
+        self._network: nn.Module | None = None  # _raw prepared for scoring (folded on the fast path)
+        self._batches = 0
+        self._hits_batches = self._all_batches  # the recalibration batches behind self.hits (known hits: all)
+        self._cached = cached
+        if cached is None:
+            t = time.perf_counter()
+            self.flops, self.params = evaluator.cost.flops(kept), evaluator.cost.params(kept)
+            self.costs = {m.column: m.cost(evaluator)(kept) for m in recorded_metrics()}
+            self.timings["cost"] = time.perf_counter() - t
+        else:
+            self.flops, self.params, self.costs = cached.flops, cached.params, dict(cached.costs)
+
+    @property
+    def fidelity(self) -> int:
+        """Proxy images scored so far."""
+        return len(self.hits)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every proxy image is scored."""
+        return self.fidelity >= len(self.evaluator.proxy)
+
+    @property
+    def failed(self) -> bool:
+        """Whether building or scoring failed."""
+        return self.reason is not None
+
+    @property
+    def estimate(self) -> float | None:
+        """Proxy accuracy on the images scored so far (None before any, or on failure)."""
+        return None if self.failed or not self.fidelity else self.hits.float().mean().item()
+
+    def advance(self, images: int | None = None) -> float | None:
+        """Score up to the first ``images`` proxy images (default: all of them); returns :attr:`estimate`."""
+        proxy = self.evaluator.proxy
+        images = len(proxy) if images is None else min(images, len(proxy))
+        if self.failed or (images <= self.fidelity and self._hits_batches >= self._batches_for(images)):
+            return self.estimate
+        try:
+            network = self._prepared(self._batches_for(images))
+            if self._hits_batches != self._batches:  # scored with fewer batches before: score again from the start
+                self.hits, self._hits_batches = torch.zeros(0, dtype=torch.bool), self._batches
+            t = time.perf_counter()
+            more = proxy.correct(network, self.fidelity, images)
+            self.timings["score"] = self.timings.get("score", 0.0) + time.perf_counter() - t
+        except FAILURES as e:
+            self._fail(e)
+            return None
+        self.hits = torch.cat([self.hits, more.cpu()])
+        self.curve[self.fidelity] = self.estimate  # type: ignore[assignment]
+        return self.estimate
+
+    def loses_to(self, incumbent: torch.Tensor, racing: Racing) -> bool:
+        """Whether, on the images scored so far, it cannot beat an incumbent with per-image hits ``incumbent``."""
+        return not self.failed and not self.complete and racing.loses(self.hits, incumbent, len(self.evaluator.proxy))
+
+    def finish(self) -> Candidate:
+        """Record the candidate (``ok`` when every image is scored, ``stopped`` before, ``fail`` on failure), keep
+        it in the Evaluator's cache and hand it to the observers."""
+        ev = self.evaluator
+        latency = None
+        if not self.failed and self.complete and ev.latency is not None:
+            t = time.perf_counter()
+            try:
+                latency = ev.measured_latency(self.kept)
+            except FAILURES as e:
+                self._fail(e)
+            self.timings["latency"] = time.perf_counter() - t
+        self.timings["total"] = time.perf_counter() - self._start
+        status = "fail" if self.failed else "ok" if self.complete else "stopped"
+        candidate = Candidate(
+            index=ev.count, policy=self.policy, kept=self.kept, status=status, proxy_acc=self.estimate,
+            flops=self.flops, params=self.params, latency_ms=latency, reason=self.reason, timings=self.timings,
+            cached=self._cached is not None and self.fidelity <= (self._cached.fidelity or 0), meta=self.meta,
+            costs=self.costs, fidelity=None if self.failed else self.fidelity, curve=dict(self.curve))
+        if self._cached is not None and self._cached.ok and latency is None:
+            candidate = replace(candidate, latency_ms=self._cached.latency_ms)
+        ev.keep(candidate, None if self.failed or self._hits_batches < self._all_batches else self.hits)
+        self._network = self._raw = None
+        ev.count += 1
+        ev.seconds["total"] += self.timings["total"]
+        ev.seconds["forward"] += sum(self.timings.get(k, 0.0) for k in ("recover", "recalibrate", "score"))
+        for observer in ev.observers:
+            observer(candidate)
+        return candidate
+
+    @property
+    def _all_batches(self) -> int:
+        """Recalibration batches of a full evaluation (0 with a recovery, which keeps its own statistics)."""
+        return 0 if self.evaluator.recovery is not None else len(self.evaluator.proxy.calibration)
+
+    def _batches_for(self, images: int) -> int:
+        """Recalibration batches behind a score on ``images`` images: the racing's early batches before the last
+        stage, all of them on the last."""
+        racing = self.evaluator.racing
+        if racing is None or racing.early_batches is None or images >= len(self.evaluator.proxy):
+            return self._all_batches
+        return min(self._all_batches, racing.early_batches)
+
+    def _prepared(self, batches: int) -> nn.Module:
+        """The pruned network, recovered or BN-recalibrated on (at least) ``batches`` batches, ready to score."""
+        ev = self.evaluator
+        if self._raw is None:
+            t = time.perf_counter()
+            self._raw = ev.pruner.prune(self.kept)
+            self.timings["prune"] = time.perf_counter() - t
+            if ev.recovery is not None:
+                t = time.perf_counter()
+                ev.recovery(self._raw.to(ev.proxy.device), self.kept)
+                self.timings["recover"] = time.perf_counter() - t
+        if self._network is None or batches > self._batches:
+            t = time.perf_counter()
+            if ev.recovery is not None:  # its statistics are kept: only made ready to score (a scoring cost)
+                self._network = ev.proxy.prepare(self._raw, recalibrate=False)
+                self.timings.setdefault("recalibrate", 0.0)
+                phase = "score"
+            else:  # continue the average over the batches not seen yet
+                self._network = ev.proxy.prepare(self._raw, batches=(self._batches, batches))
+                self._batches = batches
+                phase = "recalibrate"
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t
+        return self._network
+
+    def _fail(self, error: BaseException) -> None:
+        text = str(error).strip()
+        self.reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+        self._network = self._raw = None
 
 
 class Evaluator:
@@ -89,13 +254,14 @@ class Evaluator:
         proxy: the accuracy proxy.
         criterion: channel-selection criterion of the pruner: a registered name or a Torch-Pruning importance
             object; one that needs gradients (``taylor``) takes them on the proxy's calibration images.
-        latency: latency settings; when given, every candidate's latency is measured.
+        latency: latency settings; when given, every fully scored candidate's latency is measured.
         pruner: the pruner to build networks with (default: a new one on ``model``, ``space`` and ``criterion``).
         recovery: applied to every pruned network before scoring (e.g. a
             :class:`~autoprune.core.reconstruct.Reconstructor`); a recovered network keeps the BatchNorm
             statistics the recovery leaves instead of being recalibrated.
         latency_table: a latency lookup table: ``cost_of("latency")`` then predicts from it instead of
             timing each pruned network (a candidate's ``latency_ms`` stays measured when ``latency`` is given).
+        racing: the stages at which :meth:`evaluate` compares a candidate with an incumbent (None: racing off).
 
     Everything an evaluation depends on is given here and never changed afterwards; a searcher that
     needs another recovery works on :meth:`with_recovery`'s copy. ``observers`` (callables that receive
@@ -114,6 +280,7 @@ class Evaluator:
         pruner: Pruner | None = None,
         recovery: Callable[[nn.Module, Mapping[str, int]], None] | None = None,
         latency_table: LatencyTable | None = None,
+        racing: Racing | None = None,
     ) -> None:
         self.model = model.eval()
         self.example_inputs = example_inputs
@@ -128,18 +295,24 @@ class Evaluator:
         self.observers: list[Callable[[Candidate], None]] = []
         self.recovery = recovery
         self.latency_table = latency_table
+        self.racing = racing
         self._cache: dict[tuple[int, ...], Candidate] = {}
+        self._hits: dict[tuple[int, ...], torch.Tensor] = {}
         self._latency_cache: dict[tuple[int, ...], float] = {}
         self.count = 0
         self.seconds = {"total": 0.0, "forward": 0.0}
 
     def with_recovery(self, recovery: Callable[[nn.Module, Mapping[str, int]], None]) -> Evaluator:
         """A copy that recovers every pruned network with ``recovery``: same network, pruner, cost model, proxy,
-        latency settings and observers, its own cache (its scores differ from this Evaluator's)."""
+        latency settings, racing and observers, its own cache (its scores differ from this Evaluator's)."""
         copy = Evaluator(self.model, self.example_inputs, self.space, self.proxy, self.pruner.criterion, self.latency,
-                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table)
+                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table, racing=self.racing)
         copy.observers = self.observers
         return copy
+
+    def key(self, kept: Mapping[str, int]) -> tuple[int, ...]:
+        """The cache key of a channel layout."""
+        return tuple(kept[n] for n in self.space.names)
 
     def kept(self, policy: Mapping[str, float]) -> dict[str, int]:
         """Channels each unit keeps under ``policy``."""
@@ -153,65 +326,74 @@ class Evaluator:
             self.recovery(network.to(self.proxy.device), kept)
         return network
 
-    def evaluate(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> Candidate:
+    def start(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> Scoring:
+        """Begin scoring ``policy`` in stages; a layout scored before resumes from the images it already has."""
+        start = time.perf_counter()
+        kept = self.kept(policy)
+        key = self.key(kept)
+        return Scoring(self, policy, kept, dict(meta or {}), start, self._hits.get(key), self._cache.get(key))
+
+    def evaluate(self, policy: Policy, meta: Mapping[str, Any] | None = None, *,
+                 incumbent: Candidate | None = None) -> Candidate:
         """Evaluate ``policy`` and hand the candidate to every observer.
 
-        A failure (an over-pruned layer, a tracing error, out of memory) becomes a candidate with
-        status ``fail`` and its reason; it is not raised.
+        With an ``incumbent`` (a candidate scored on every image) and racing on, the candidate is scored stage by
+        stage and stopped as soon as it cannot beat the incumbent (status ``stopped``). A layout scored before is
+        answered from the cache (a stopped one again only while racing). A failure (an over-pruned layer, a tracing
+        error, out of memory, NaN outputs, anything the network raises) becomes a candidate with status ``fail``
+        and its reason; it is not raised.
         """
         start = time.perf_counter()
         kept = self.kept(policy)
-        key = tuple(kept[n] for n in self.space.names)
-        meta = dict(meta or {})
-        if key in self._cache:
-            hit = self._cache[key]
-            candidate = replace(hit, index=self.count, policy=policy, cached=True, meta=meta,
+        key = self.key(kept)
+        hit = self._cache.get(key)
+        racing = self.racing if incumbent is not None and incumbent.ok else None
+        if hit is not None and (hit.status != "stopped" or racing is not None):
+            candidate = replace(hit, index=self.count, policy=policy, cached=True, meta=dict(meta or {}),
                                 timings={"total": time.perf_counter() - start})
-        else:
-            candidate = self._measure(policy, kept, key, meta, start)
+            self.count += 1
+            self.seconds["total"] += candidate.timings["total"]
+            for observer in self.observers:
+                observer(candidate)
+            return candidate
+        scoring = Scoring(self, policy, kept, dict(meta or {}), start, self._hits.get(key), hit)
+        if racing is not None:
+            against = self.hits(incumbent)  # type: ignore[arg-type]
+            for images in racing.stages[:-1]:
+                scoring.advance(images)
+                if scoring.failed or scoring.loses_to(against, racing):
+                    return scoring.finish()
+        scoring.advance()
+        return scoring.finish()
+
+    def hits(self, candidate: Candidate) -> torch.Tensor:
+        """Whether the candidate's network gets each proxy image right (scored again if this Evaluator has not
+        scored its layout, e.g. a resumed run's record)."""
+        key = self.key(candidate.kept)
+        known = self._hits.get(key)
+        if known is None or len(known) < len(self.proxy):
+            scoring = Scoring(self, candidate.policy, candidate.kept, {}, time.perf_counter(), known, candidate)
+            scoring.advance()
+            if scoring.failed:
+                raise RuntimeError(f"candidate {candidate.index} scored before cannot be scored again: {scoring.reason}")
+            self._hits[key] = known = scoring.hits
+        return known
+
+    def keep(self, candidate: Candidate, hits: torch.Tensor | None) -> None:
+        """Cache a finished candidate and its per-image hits, keeping whichever record has scored more images."""
+        key = self.key(candidate.kept)
+        old = self._cache.get(key)
+        if old is None or (candidate.fidelity or 0) >= (old.fidelity or 0):
             self._cache[key] = candidate
-        self.count += 1
-        self.seconds["total"] += candidate.timings.get("total", 0.0)
-        self.seconds["forward"] += sum(candidate.timings.get(k, 0.0) for k in ("recover", "recalibrate", "score"))
-        for observer in self.observers:
-            observer(candidate)
-        return candidate
+        if hits is not None and len(hits) > len(self._hits.get(key, ())):
+            self._hits[key] = hits
 
     def remember(self, candidate: Candidate) -> None:
         """Take a candidate evaluated before (a resumed run's record) as if this Evaluator had scored it: later
         evaluations of its kept channels are cache hits, and new candidates are numbered after it. Observers are
         not called (it is already recorded)."""
-        self._cache.setdefault(tuple(candidate.kept[n] for n in self.space.names), candidate)
+        self._cache.setdefault(self.key(candidate.kept), candidate)
         self.count = max(self.count, candidate.index + 1)
-
-    def _measure(self, policy: Policy, kept: dict[str, int], key: tuple[int, ...], meta: dict[str, Any], start: float) -> Candidate:
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
-        flops, params = self.cost.flops(kept), self.cost.params(kept)
-        costs = {m.column: m.cost(self)(kept) for m in recorded_metrics()}
-        timings["cost"] = time.perf_counter() - t
-        base = dict(index=self.count, policy=policy, kept=kept, flops=flops, params=params, meta=meta, costs=costs)
-        try:
-            t = time.perf_counter()
-            network = self.pruner.prune(kept)
-            timings["prune"] = time.perf_counter() - t
-            if self.recovery is not None:
-                t = time.perf_counter()
-                self.recovery(network.to(self.proxy.device), kept)
-                timings["recover"] = time.perf_counter() - t
-            score = self.proxy.score(network, recalibrate=self.recovery is None)
-            timings["recalibrate"], timings["score"] = score.recalibrate_s, score.score_s
-            latency = None
-            if self.latency is not None:
-                t = time.perf_counter()
-                latency = self._latency(network, key)
-                timings["latency"] = time.perf_counter() - t
-        except FAILURES as e:
-            timings["total"] = time.perf_counter() - start
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            return Candidate(**base, status="fail", proxy_acc=None, reason=reason, timings=timings)
-        timings["total"] = time.perf_counter() - start
-        return Candidate(**base, status="ok", proxy_acc=score.accuracy, latency_ms=latency, timings=timings)
 
     def _latency(self, network: nn.Module, key: tuple[int, ...]) -> float:
         if key not in self._latency_cache:

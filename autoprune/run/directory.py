@@ -1,9 +1,12 @@
-"""The run directory: resolved config, ``trials.csv``, ``policy.json``, ``summary.md`` and plots."""
+"""The run directory: resolved config, ``trials.csv``, ``policy.json``, ``summary.md`` and plots; one command at a time."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from autoprune.core.cost import FLOPS_LABEL
 from autoprune.core.metrics import BudgetMetric, get_metric, recorded_metrics
 from autoprune.core.policy import PolicyRecord
 from autoprune.errors import ConfigError
-from autoprune.io import load_yaml, prepare_output_dir
+from autoprune.io import atomic_write_text, load_yaml, prepare_output_dir
 from autoprune.plotting import pyplot, save_figure
 
 RUNS_ROOT = Path("results") / "runs"
@@ -30,19 +33,51 @@ def new_run_dir(out: str | Path | None, env: str, method: str) -> Path:
     """
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = RUNS_ROOT / f"{stamp}-{env}-{method}"
+        name = f"{stamp}-{_file_name(env)}-{_file_name(method)}"  # an env file's name cannot lead out of RUNS_ROOT
+        path = RUNS_ROOT / name
         suffix = 1
         while path.exists():
             suffix += 1
-            path = RUNS_ROOT / f"{stamp}-{env}-{method}-{suffix}"
+            path = RUNS_ROOT / f"{name}-{suffix}"
     else:
         path = Path(out)
     return prepare_output_dir(path, what="run directory")
 
 
+def _file_name(text: str) -> str:
+    """``text`` as one safe file-name component: no separators, no leading dots."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip(".-") or "run"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for one command while the block runs: a second command on it at the same time is refused.
+
+    The lock is the operating system's (``flock`` on the folder): it ends with the process, however it ends.
+
+    Raises:
+        ConfigError: if another command holds the folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: one command per run directory is assumed
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run directory {str(run_dir)!r} is in use by another autoprune command; wait for it to "
+                              f"end (the same command then resumes the run), or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
-    """Write the resolved configuration as ``config.yaml``."""
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    """Write the resolved configuration as ``config.yaml`` (atomically)."""
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
 
 
 def read_run_config(run_dir: str | Path, flag: str = "") -> dict[str, Any]:
@@ -57,8 +92,11 @@ def read_run_config(run_dir: str | Path, flag: str = "") -> dict[str, Any]:
         raise ConfigError(f"{named} is not a search run directory (no {CONFIG_FILE})")
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{str(path)!r} is not text (damaged?); restore the {CONFIG_FILE} the run wrote from a copy, "
+                          f"or start again with another --out") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     doc = load_yaml(text, repr(str(path)))
     if not isinstance(doc, dict):
         raise ConfigError(f"{str(path)!r} is not a mapping of run settings; restore the {CONFIG_FILE} the run wrote")
@@ -79,11 +117,11 @@ def write_summary(
         f"- model: `{record.model}`, weights: `{record.weights}`",
         f"- search space: `{record.search_space}`, criterion: `{record.criterion}`",
         f"- budget: `{record.budget}` (limit {search['limit']:,.6g} {search['metric_label']})",
-        f"- method: {record.found_by.get('method')}, seed {record.found_by.get('seed')}, "
+        (f"- method: {record.found_by.get('method')}, seed {record.found_by.get('seed')}, "
         f"{plural(record.found_by.get('evaluations', 0), 'evaluation')} recorded; search wall time of this command "
-        f"{record.found_by.get('seconds', 0):.1f} s",
-        f"- evaluator: {search['evals_per_min']:.1f} evaluations/min of evaluator time, "
-        f"{100 * search['overhead_fraction']:.1f}% of it outside the proxy's forward passes",
+        f"{record.found_by.get('seconds', 0):.1f} s"),
+        (f"- evaluator: {search['evals_per_min']:.1f} evaluations/min of evaluator time, "
+        f"{100 * search['overhead_fraction']:.1f}% of it outside the proxy's forward passes"),
         "",
         "| | dense | pruned | pruned / dense |",
         "|---|---:|---:|---:|",
@@ -101,10 +139,10 @@ def write_summary(
             c = metric.column
             lines.append(f"| {metric.label} | {dense[c]:,.6g} | {m[c]:,.6g} | {m[c] / dense[c]:.4f} |")
     lines += [
-        f"| proxy accuracy ({search['proxy_split']}, BN recalibrated) | {100 * dense['proxy_acc']:.2f}% | "
-        f"{100 * m['proxy_acc']:.2f}% | |",
-        f"| report accuracy ({search['report_split']}, BN recalibrated) | {100 * dense['report_acc']:.2f}% | "
-        f"{100 * m['report_acc']:.2f}% | |",
+        (f"| proxy accuracy ({search['proxy_split']}, BN recalibrated) | {100 * dense['proxy_acc']:.2f}% | "
+        f"{100 * m['proxy_acc']:.2f}% | |"),
+        (f"| report accuracy ({search['report_split']}, BN recalibrated) | {100 * dense['report_acc']:.2f}% | "
+        f"{100 * m['report_acc']:.2f}% | |"),
         "",
         "Dense accuracies are measured exactly like a candidate's (same BN recalibration).",
         "",
@@ -132,7 +170,7 @@ def plot_trials(run_dir: Path, trials: pd.DataFrame, best_row: Any, limit: float
     ax1.set_xlabel(f"{metric.axis} / dense")
     ax1.set_ylabel("proxy accuracy (%)")
     ax1.legend()
-    feasible = (trials["status"] == "ok") & (trials["within_budget"] == True)  # noqa: E712
+    feasible = (trials["status"] == "ok") & (trials["within_budget"] == True)
     running = (100 * trials["proxy_acc"].where(feasible)).cummax()
     ax2.plot(range(1, len(trials) + 1), running)
     ax2.set_xlabel("evaluation")

@@ -50,6 +50,8 @@ def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
         "evaluation": candidate.index,
         "cached": candidate.cached,
         "timings": {k: v for k, v in candidate.timings.items() if _finite(v)},
+        "fidelity": candidate.fidelity,
+        "curve": {str(n): v for n, v in candidate.curve.items()},
         "meta": {k: v for k, v in candidate.meta.items()
                  if k not in _OWN_META and isinstance(v, (int, float, str, bool)) and _finite(v)},
     }
@@ -67,7 +69,8 @@ def _finite(value: Any) -> bool:
 
 
 class StudyRecorder:
-    """An Evaluator observer adding every candidate as a finished trial of the run's study.
+    """An Evaluator observer adding every candidate as a finished trial of the run's study: complete, pruned (a
+    candidate racing stopped, with the accuracy after each stage as intermediate values) or failed.
 
     Candidates that an Optuna trial already owns (``meta["optuna_trial"]``) are left to that trial.
     """
@@ -81,10 +84,11 @@ class StudyRecorder:
         if "optuna_trial" in candidate.meta:
             return
         params = {n: min(max(candidate.policy.get(n, 0.0), d.low), d.high) for n, d in self.distributions.items()}
+        state = TrialState.COMPLETE if candidate.ok else TrialState.PRUNED if candidate.stopped else TrialState.FAIL
         self.study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE if candidate.ok else TrialState.FAIL,
-            values=objective_values(candidate, self.objectives) if candidate.ok else None,
+            state=state, values=objective_values(candidate, self.objectives) if candidate.ok else None,
             params=params, distributions=dict(self.distributions), user_attrs=candidate_attrs(candidate),
+            intermediate_values=dict(candidate.curve) if len(self.objectives) == 1 else None,
         ))
 
 
@@ -110,7 +114,8 @@ def candidate_from_trial(trial: FrozenTrial, position: int) -> Candidate:
             kept={k: int(v) for k, v in a["kept"].items()}, status=a["status"], proxy_acc=a["proxy_acc"],
             flops=int(a["flops"]), params=int(a["params"]), latency_ms=a.get("latency_ms"), reason=a.get("reason"),
             timings=dict(a.get("timings", {})), cached=bool(a.get("cached", False)), meta=meta,
-            costs={c: a[c] for c in a.get("costs", ())},
+            costs={c: a[c] for c in a.get("costs", ())}, fidelity=a.get("fidelity"),
+            curve={int(n): float(v) for n, v in a.get("curve", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"trial {trial.number} of the run's study is not an autoprune candidate ({type(e).__name__}: "
@@ -137,6 +142,7 @@ def candidate_row(candidate: Candidate, unit_names: Sequence[str]) -> dict[str, 
         "latency_ms": candidate.latency_ms,
         **candidate.costs,  # registered metrics beyond FLOPs, params and latency, under their columns
         "cached": candidate.cached,
+        "fidelity": candidate.fidelity,
         "reason": candidate.reason or "",
     }
     row.update({f"time_{k}": candidate.timings.get(k) for k in TIMINGS})

@@ -9,8 +9,11 @@ is its export.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from autoprune.io import check_output_dir, prepare_output_dir
 from autoprune.presets import EnvConfig
 from autoprune.run.directory import (
     CONFIG_FILE,
+    hold_run_dir,
     new_run_dir,
     plot_pareto,
     plot_policy,
@@ -44,6 +48,7 @@ from autoprune.run.directory import (
     write_config,
     write_summary,
 )
+from autoprune.run.interrupt import GracefulStop, StopRequested, graceful_stop
 from autoprune.run.record import (
     TRIALS_FILE,
     StudyRecorder,
@@ -55,6 +60,7 @@ from autoprune.run.record import (
 )
 from autoprune.run.study import (
     STUDY_FILE,
+    bind_settings,
     counted,
     open_storage,
     open_study,
@@ -86,6 +92,7 @@ class SearchSettings:
     trust_checkpoint: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
     latency_model: str | None = None  # lut or measure; default: lut for netadapt and sensitivity, measure otherwise
+    racing: str = "on"  # on, off, or ascending proxy-image counts (250,500); applies to the methods that race
 
     @property
     def env_config(self) -> EnvConfig:
@@ -102,8 +109,12 @@ class SearchSettings:
         budget = Budget.parse(self.budget)
         latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or get_metric(budget.metric).measured else None
         options = DataOptions(self.data_dir, None, self.download, self.trust_checkpoint)
-        model = resolve_latency_model(self.latency_model, get_searcher(self.method).latency_model, budget)
-        return build_experiment(self.env_config, data=options, device=self.device, latency=latency, latency_model=model)
+        cls = get_searcher(self.method)
+        if self.racing != "on" and not cls.races:
+            raise ConfigError(f"--racing applies to {', '.join(methods_where('races'))}, not --method {self.method}")
+        model = resolve_latency_model(self.latency_model, cls.latency_model, budget)
+        return build_experiment(self.env_config, data=options, device=self.device, latency=latency, latency_model=model,
+                                racing=self.racing if cls.races else "off")
 
     def searcher(self, exp: Experiment, seed_offset: int = 0) -> Searcher:
         """The searcher, validated against the experiment (budget reachable, options known)."""
@@ -126,33 +137,63 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
     """Validate everything, then search and write the run directory; returns its path.
 
     Rerunning with the same settings and the same ``out`` resumes the run: finished candidates are
-    kept and only the remaining evaluations are made.
+    kept and only the remaining evaluations are made. One command at a time works on a run directory.
+    SIGINT or SIGTERM stops the search once the running candidate is recorded and writes the outputs
+    from the record (:mod:`autoprune.run.interrupt`).
 
     Raises:
         AutopruneError: for any bad input, before anything is written.
+        StopRequested: after a signal stopped the search (its message says what was written).
     """
     exp = settings.experiment()
     searcher = settings.searcher(exp)
-    storage = open_storage(settings.storage) if settings.storage else None
-    run_dir = _prepare_run_dir(settings, out)
-    storage = storage or open_storage(None, run_dir)
     objectives = parse_objectives(settings.objectives)
-    study = _open_run_study(storage, settings, run_dir, objectives)
-    reap_dead_trials(study, storage)
-    recorded = recorded_candidates(study)
-    _check_record(run_dir, len(recorded), settings)
-    if recorded:
-        status(f"resuming: {plural(len(recorded), 'candidate')} recorded in the run's study")
-        export_trials(study, exp.space.names, run_dir)  # the live export appends after the record's rows
-    _attach_records(exp, study, run_dir, objectives)
-    searcher.attach_run(run_dir, study, storage, recorded)
-    start = time.perf_counter()
-    if settings.workers == 1:
-        search_in_process(searcher, exp, progress)
-    else:
-        _search_with_workers(settings, run_dir, study, progress)
-    finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir), seconds=time.perf_counter() - start)
+    storage = study = None
+    if settings.storage:  # a shared study is checked before anything is written here
+        storage = open_storage(settings.storage)
+        study = _open_run_study(storage, settings, Path(out or "."), objectives)
+        bind_settings(study, settings.to_dict())
+    with contextlib.ExitStack() as held:
+        run_dir = _prepare_run_dir(settings, out, held, fidelity(searcher))
+        if study is None:
+            storage = open_storage(None, run_dir)
+            study = _open_run_study(storage, settings, run_dir, objectives)
+            bind_settings(study, settings.to_dict())
+        reap_dead_trials(study, storage)
+        recorded = recorded_candidates(study)
+        _check_record(run_dir, len(recorded), settings)
+        if recorded:
+            status(f"resuming: {plural(len(recorded), 'candidate')} recorded in the run's study")
+            export_trials(study, exp.space.names, run_dir)  # the live export appends after the record's rows
+        _attach_records(exp, study, run_dir, objectives)
+        searcher.attach_run(run_dir, study, storage, recorded)
+        start = time.perf_counter()
+        with graceful_stop() as stop:
+            exp.evaluator.observers.append(stop)  # after the records: a candidate is recorded before the search stops
+            try:
+                if settings.workers == 1:
+                    search_in_process(searcher, exp, progress)
+                else:
+                    _search_with_workers(settings, run_dir, study, progress, stop)
+            except StopRequested as e:
+                raise _stopped(e.signum, run_dir, exp, settings, study, time.perf_counter() - start) from None
+        finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir),
+               seconds=time.perf_counter() - start)
     return run_dir
+
+
+def _stopped(signum: int, run_dir: Path, exp: Experiment, settings: SearchSettings, study: Any,
+             seconds: float) -> StopRequested:
+    """Write the outputs of a search stopped by a signal from what it recorded; the error saying so."""
+    recorded = len(recorded_candidates(study))
+    try:
+        finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir), seconds=seconds)
+        written = f"the best of them is in {run_dir / 'policy.json'}"
+    except ConfigError as e:  # nothing recorded yet, or nothing within the budget yet
+        written = f"no policy written ({e})"
+    name = signal.Signals(signum).name
+    return StopRequested(signum, f"stopped by {name} after {plural(recorded, 'recorded candidate')}; {written}; "
+                                 f"rerun the same command to resume")
 
 
 def _open_run_study(storage: Any, settings: SearchSettings, run_dir: Path, objectives: tuple[str, ...]) -> Any:
@@ -161,7 +202,7 @@ def _open_run_study(storage: Any, settings: SearchSettings, run_dir: Path, objec
         return open_study(storage, settings.study, objectives)
     except ConfigError:
         raise
-    except Exception as e:  # SQLAlchemy raises many types for a damaged database file
+    except Exception as e:  # noqa: BLE001  (SQLAlchemy raises many types for a damaged database file)
         where = settings.storage or str(run_dir / STUDY_FILE)
         raise ConfigError(f"the run's study {where!r} cannot be read ({type(e).__name__}); it is the run's record: "
                           f"restore it from a copy, or start again with another --out") from None
@@ -178,15 +219,34 @@ def _check_record(run_dir: Path, recorded: int, settings: SearchSettings) -> Non
                           f"the run's record; restore it from a copy, or start again with another --out")
 
 
-def _prepare_run_dir(settings: SearchSettings, out: str | None) -> Path:
-    if out is not None and (Path(out) / CONFIG_FILE).is_file():
-        previous = read_run_config(out)
-        if _recorded_settings(previous.get("settings")) != settings.to_dict():
-            raise ConfigError(f"run directory {out!r} holds a run with other settings; rerun it with the same "
-                              f"options to resume it, or choose another --out")
-        return Path(out)
-    run_dir = new_run_dir(out, settings.env["name"], settings.method)
-    write_config(run_dir, {"command": "search", "settings": settings.to_dict()})
+def fidelity(searcher: Searcher) -> dict[str, Any]:
+    """How the search scores its candidates, for ``config.yaml``: the proxy images, and the racing stages."""
+    evaluator = searcher.evaluator
+    record: dict[str, Any] = {"proxy_images": len(evaluator.proxy), "racing": searcher.racing}
+    if searcher.racing:
+        racing = evaluator.racing
+        record.update(stages=list(racing.stages), confidence=racing.confidence,  # type: ignore[union-attr]
+                      early_calibration_batches=racing.early_batches)  # type: ignore[union-attr]
+    return record
+
+
+def _prepare_run_dir(settings: SearchSettings, out: str | None, held: contextlib.ExitStack,
+                     scoring: dict[str, Any]) -> Path:
+    """The run directory, held by this command (in ``held``) before its ``config.yaml`` is read or written;
+    ``scoring``: how candidates are scored (:func:`fidelity`), recorded in a new run's ``config.yaml``."""
+    resumed = out is not None and (Path(out) / CONFIG_FILE).is_file()
+    run_dir = Path(out) if resumed else new_run_dir(out, settings.env["name"], settings.method)  # type: ignore[arg-type]
+    held.enter_context(hold_run_dir(run_dir))
+    if (run_dir / CONFIG_FILE).is_file():
+        recorded = _recorded_settings(read_run_config(run_dir).get("settings"))
+        if recorded is None:
+            raise ConfigError(f"{str(run_dir / CONFIG_FILE)!r} holds no run settings this autoprune can read (damaged, "
+                              f"or from another version); restore it from a copy, or choose another --out")
+        if recorded != settings.to_dict():
+            raise ConfigError(f"run directory {str(run_dir)!r} holds a run with other settings (its {CONFIG_FILE}); "
+                              f"rerun it with the same options to resume it, or choose another --out")
+        return run_dir
+    write_config(run_dir, {"command": "search", "settings": settings.to_dict(), "fidelity": scoring})
     return run_dir
 
 
@@ -243,20 +303,32 @@ def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
     study = open_study(storage, s.study, objectives)
     _attach_records(exp, study, Path(run_dir), objectives)
     searcher.attach_run(Path(run_dir), study, storage)
-    searcher.search()
+    with graceful_stop() as stop:
+        exp.evaluator.observers.append(stop)
+        with contextlib.suppress(StopRequested):  # the parent writes the outputs
+            searcher.search()
 
 
-def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, progress: bool) -> None:
+def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, progress: bool,
+                         stop: GracefulStop) -> None:
     status(f"starting {plural(settings.workers, 'worker process', 'worker processes')}")
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_worker, args=(settings.to_dict(), i, str(run_dir)), daemon=False)
                for i in range(settings.workers)]
     for w in workers:
         w.start()
+    forwarded = False
     with Progress(settings.evals, f"{settings.method} x{settings.workers}", "eval", progress) as bar:
         while any(w.is_alive() for w in workers):
             time.sleep(1.0)
+            if stop.signum == signal.SIGTERM and not forwarded:  # Ctrl-C reaches the workers by itself
+                for w in workers:
+                    if w.is_alive() and w.pid is not None:
+                        os.kill(w.pid, signal.SIGTERM)
+                forwarded = True
             bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
+    if stop.signum is not None:
+        raise StopRequested(stop.signum)
     failed = [w.exitcode for w in workers if w.exitcode]
     if failed:
         raise ConfigError(f"{len(failed)} of {plural(settings.workers, 'worker')} failed (exit codes {failed}); "
@@ -330,7 +402,7 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.
     )
     prepare_output_dir(run_dir, new=False)
     record.save(run_dir / "policy.json")
-    fresh = trials[trials["cached"] == False]  # noqa: E712  (a column of booleans)
+    fresh = trials[trials["cached"] == False]  # a column of booleans
     forward = sum(fresh[c].fillna(0).sum() for c in ("time_recover", "time_recalibrate", "time_score") if c in fresh)
     total = fresh["time_total"].fillna(0).sum()
     write_summary(run_dir, record, dense, {

@@ -8,10 +8,13 @@ engine for many workers: an RDB URL (SQLite, PostgreSQL, MySQL) or a journal fil
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import socket
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import optuna
@@ -25,7 +28,11 @@ from autoprune.errors import ConfigError
 
 STUDY_FILE = "study.db"
 HEARTBEAT_S = 10
+SCHEMA_RETRIES = 5
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+SETTINGS_ATTR = "autoprune_settings"
+MACHINE_SETTINGS = ("storage", "workers", "device", "threads", "data_dir", "download", "trust_checkpoint")
+"""Run settings that may differ between the machines sharing a study (where things are, how to run)."""
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
@@ -65,23 +72,39 @@ def open_storage(url: str | None, run_dir: Path | None = None) -> optuna.storage
             if not path.parent.is_dir():
                 raise ConfigError(f"folder of journal storage {str(path)!r} does not exist")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=3 * HEARTBEAT_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
+        return _rdb_storage(url)
     except ConfigError:
         raise
-    except Exception as e:  # SQLAlchemy and drivers raise many types for unreachable or bad URLs
+    except Exception as e:  # noqa: BLE001  (SQLAlchemy and drivers raise many types for unreachable or bad URLs)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if local:
             raise ConfigError(f"the run's study {str(Path(run_dir) / STUDY_FILE)!r} cannot be read ({type(e).__name__}: "
                               f"{first[:120]}); it is the run's record: restore it from a copy, or start again with "
                               f"another --out") from None
         raise ConfigError(f"storage {url!r} cannot be opened or reached ({type(e).__name__}: {first[:200]})") from None
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with the heartbeat; retried while other workers create the same new database's tables
+    (their ``CREATE TABLE`` statements collide when several machines start on a new database at once)."""
+    import sqlalchemy.exc
+
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=3 * HEARTBEAT_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            attempt += 1
+            if attempt > SCHEMA_RETRIES:
+                raise
+            time.sleep(0.5 + random.random() * attempt)
 
 
 def open_study(
@@ -161,7 +184,55 @@ def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
 
 
 def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial counts toward a search's evaluations: finished, or failed by its evaluation."""
+    """Whether a trial counts toward a search's evaluations: finished, stopped by racing, or failed by its
+    evaluation."""
     return trial.state == TrialState.COMPLETE or (
         trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "fail"
-    )
+    ) or (trial.state == TrialState.PRUNED and trial.user_attrs.get("status") == "stopped")
+
+
+def bind_settings(study: optuna.Study, settings: Mapping[str, object]) -> None:
+    """Record a run's settings on its study (the first run to open it), or check them against the recorded ones.
+
+    Every machine that joins a shared study must search the same thing; only :data:`MACHINE_SETTINGS` may
+    differ. The recorded settings let any machine write the run's outputs (``autoprune report``).
+
+    Raises:
+        ConfigError: if the study was started with other settings.
+    """
+    plain = json.loads(json.dumps(dict(settings)))  # as the storage keeps them (tuples become lists)
+    saved = study.user_attrs.get(SETTINGS_ATTR)
+    if not isinstance(saved, dict):
+        study.set_user_attr(SETTINGS_ATTR, plain)
+        return
+    differ = [k for k, v in plain.items() if k not in MACHINE_SETTINGS and k in saved and saved[k] != v]
+    if differ:
+        raise ConfigError(f"study {study.study_name!r} was started with other settings ({', '.join(differ)}); run "
+                          f"the same command on every machine, or choose another --study-name")
+
+
+def study_settings(study: optuna.Study) -> dict[str, object]:
+    """The settings recorded on a study by :func:`bind_settings`.
+
+    Raises:
+        ConfigError: if the study holds none (it was not made by an autoprune search).
+    """
+    saved = study.user_attrs.get(SETTINGS_ATTR)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"study {study.study_name!r} records no autoprune search settings; was it made by "
+                          f"`autoprune search` (0.1 or later)?")
+    return saved
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> optuna.Study:
+    """An existing study of the storage at ``url``.
+
+    Raises:
+        ConfigError: if the storage holds no study of that name, naming the ones it holds.
+    """
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise ConfigError(f"storage {url!r} holds no study {name!r} (it holds: {', '.join(names) or 'none'}); "
+                          f"give the --study-name of the search") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoprune.search.base import Searcher, SearchOption, SearchResult
+from autoprune.search.evolution import EvolutionSearcher
 from autoprune.search.netadapt import NetAdaptSearcher
 from autoprune.search.optuna_search import SAMPLERS, OptunaSearcher
 from autoprune.search.random import RandomSearcher
@@ -18,9 +19,10 @@ from autoprune.search.rl import RL_SEARCHERS, RLSearcher
 from autoprune.search.sensitivity import SensitivitySearcher
 from autoprune.search.uniform import UniformSearcher
 
-for _cls in (UniformSearcher, RandomSearcher, SensitivitySearcher, NetAdaptSearcher, OptunaSearcher, *RL_SEARCHERS):
+for _cls in (UniformSearcher, RandomSearcher, SensitivitySearcher, NetAdaptSearcher, OptunaSearcher, EvolutionSearcher,
+             *RL_SEARCHERS):
     register_searcher(_cls)
 
-__all__ = ["RL_SEARCHERS", "SAMPLERS", "SEARCHERS", "NetAdaptSearcher", "OptunaSearcher", "RLSearcher", "RandomSearcher",
+__all__ = ["RL_SEARCHERS", "SAMPLERS", "SEARCHERS", "EvolutionSearcher", "NetAdaptSearcher", "OptunaSearcher", "RLSearcher", "RandomSearcher",
            "SearchOption", "SearchResult", "Searcher", "SensitivitySearcher", "UniformSearcher", "get_searcher",
            "methods_accepting", "methods_where", "register_searcher", "search_policy"]

@@ -114,6 +114,9 @@ class Searcher(ABC):
     """Benchmark reports compare every other method against it."""
     variant_option: ClassVar[str | None] = None
     """A benchmark spec ``<name>-<value>`` sets this option (``optuna-tpe``: the sampler)."""
+    races: ClassVar[bool] = False
+    """Its candidates race the incumbent when the Evaluator has racing on (it only needs to know which candidate
+    is best, and learns nothing it needs from a losing candidate's exact score)."""
 
     @classmethod
     def accepts(cls, option: str) -> bool:
@@ -176,6 +179,7 @@ class Searcher(ABC):
         dense = self.metric.dense_cost(evaluator)
         self.limit = budget.limit(dense)
         check_reachable(self.space, self.cost, self.limit, str(budget), dense=dense, show=self.metric.format)
+        self.racing = self.races and evaluator.racing is not None  # the trait, and the Evaluator's racing on
 
     @property
     def planned_evaluations(self) -> int:
@@ -210,7 +214,8 @@ class Searcher(ABC):
     def evaluate(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> Candidate:
         """Check ``policy`` against the space, evaluate it on the shared Evaluator and keep the books.
 
-        The candidate's ``meta`` records the method, whether it meets the budget and ``meta``.
+        The candidate's ``meta`` records the method, whether it meets the budget and ``meta``. When the search
+        races, a candidate within the budget races the best one so far and may come back ``stopped``.
         """
         self.space.check_policy(policy)
         kept = self.space.kept(policy)
@@ -221,9 +226,18 @@ class Searcher(ABC):
                 raise ConfigError(f"the run's record does not match what {self.name} proposes again (recorded "
                                   f"candidate {candidate.index} differs); it cannot be resumed: choose another --out")
         else:
-            candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within})
+            incumbent = self.result.best if self.racing and within else None
+            candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within},
+                                                incumbent=incumbent)
+        return self.record(candidate)
+
+    def record(self, candidate: Candidate) -> Candidate:
+        """Keep the books on a candidate: the history, the best one within the budget, the progress display.
+        (:meth:`evaluate` calls it; a searcher that scores in stages through :meth:`Evaluator.start
+        <autoprune.core.evaluator.Evaluator.start>` calls it for each candidate it finishes.)"""
         self.result.candidates.append(candidate)
         best = self.result.best
+        within = candidate.meta.get("within_budget", False)
         if candidate.ok and within and (best is None or candidate.proxy_acc > best.proxy_acc):  # type: ignore[operator]
             self.result.best = candidate
         if self._on_candidate is not None:

@@ -1,7 +1,9 @@
 """Optuna search: one float parameter per unit, any Optuna sampler, one or two objectives.
 
 With one objective (proxy accuracy) every sampled shape is projected onto the budget before it is
-evaluated, and the trial keeps both the raw sample and the projected policy. With two objectives
+evaluated, and the trial keeps both the raw sample and the projected policy; with racing on, a
+candidate that cannot beat the best one is stopped early and its trial pruned (it reported the
+accuracy after each stage). With two objectives
 (``acc,flops`` or ``acc,latency``) samples are evaluated as they are and the study's Pareto front is
 the result; ``autoprune pick`` then takes the best policy under any budget. The uniform policy at
 the budget is enqueued as the first trial. Many workers share one study through its storage; the
@@ -54,7 +56,11 @@ def make_sampler(name: str, seed: int, objectives: int) -> optuna.samplers.BaseS
     if name == "cmaes":
         if objectives > 1:
             raise ConfigError("sampler 'cmaes' optimises one objective; use tpe, nsga2, gp, qmc or random with two")
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        # a candidate stopped by racing is a pruned trial; CMA-ES needs a value for every member of a generation
+        # and takes its last intermediate value (the accuracy on the images it was scored on)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, consider_pruned_trials=True)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
@@ -103,6 +109,7 @@ class OptunaSearcher(Searcher):
     parallel = True
     multi_objective = True
     variant_option = "sampler"
+    races = True
 
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any], *, sampler: str, objectives: tuple[str, ...]) -> dict[str, Any]:
@@ -138,6 +145,7 @@ class OptunaSearcher(Searcher):
         self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         super().__init__(evaluator, budget, evals, seed)
         self.objectives = tuple(objectives)
+        self.racing = self.racing and len(self.objectives) == 1  # a Pareto front has no single incumbent
         self.sampler = make_sampler(sampler, seed, len(self.objectives))
         self.distributions = unit_distributions(self.space)
         self.warm_start = warm_start
@@ -180,6 +188,11 @@ class OptunaSearcher(Searcher):
         candidate = self.evaluate(policy, {"sample": sample, "optuna_trial": trial.number})
         for key, value in candidate_attrs(candidate).items():
             trial.set_user_attr(key, value)
+        if len(self.objectives) == 1:  # Optuna keeps intermediate values for one objective only
+            for images, accuracy in candidate.curve.items():
+                trial.report(accuracy, images)
+        if candidate.stopped:  # raced out: TPE ranks it below finished trials, CMA-ES takes its last value
+            raise optuna.TrialPruned(f"stopped by racing after {candidate.fidelity} images")
         if not candidate.ok:
             raise _CandidateFailed(candidate.reason)
         values = objective_values(candidate, self.objectives)

@@ -14,6 +14,7 @@ class RandomSearcher(Searcher):
     name = "random"
     summary = "EagleEye-style sampling, each sample projected onto the budget"
     baseline = True
+    races = True
 
     def propose(self) -> tuple[Policy, dict[str, Any]]:
         """The next policy, not evaluated: a sample of every unit's ratio projected onto the budget, with the sample."""

@@ -1,0 +1,246 @@
+"""Evolutionary search in the spirit of EvoPress (Sieberling et al., 2024): a (1 + lambda) search whose
+mutations move channels between units so that the budget stays met, with offspring selected in stages on
+growing slices of the proxy split.
+
+Each generation mutates the parent (the best policy so far) into ``offspring`` children. A mutation
+takes channels from a few units and gives the budget they free to others, then spends whatever budget
+is left one allowed step at a time, so every child meets the budget as closely as rounding allows with
+no projection step. The children are scored in the Evaluator's racing stages (a quarter, half and all
+of the proxy images by default): after each early stage only the best ``survivors`` go on, and with
+racing on a child that cannot beat the parent on the same images stops at once. The best child scored
+on every image replaces the parent when it is at least as accurate. Every child is one evaluation and
+one trial; a child stopped early is recorded ``stopped`` with its accuracy after each stage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoprune.core.budget import Budget
+from autoprune.core.evaluator import Candidate, Evaluator, Scoring
+from autoprune.core.metrics import get_metric
+from autoprune.errors import ConfigError
+from autoprune.search.base import Searcher, SearchOption
+from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
+
+DEFAULT_OFFSPRING = 8
+DEFAULT_MOVES = 3
+RETRIES = 20  # draws per child to find a layout that differs from the parent's
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+class _Recorded:
+    """A child answered from a resumed run's record: it reached the stage it reached then."""
+
+    def __init__(self, candidate: Candidate) -> None:
+        self.candidate = candidate
+        self.kept = candidate.kept
+
+    def reached(self, images: int) -> bool:
+        """Whether it was scored on more than ``images`` images (it went on past that stage)."""
+        return self.candidate.ok or (self.candidate.fidelity or 0) > images
+
+    def estimate_at(self, images: int) -> float:
+        """Its accuracy after the stage of ``images`` images."""
+        return self.candidate.curve.get(images, self.candidate.proxy_acc or 0.0)
+
+
+class EvolutionSearcher(Searcher):
+    """(1 + lambda) evolution over kept channels, budget kept by construction, offspring selected in stages.
+
+    Args:
+        evaluator: the shared Evaluator (its racing stages are the selection stages).
+        budget: the resource budget (an exactly priced metric: FLOPs, params, or latency from the lookup table).
+        evals: evaluations in total (each child is one).
+        seed: seed of the mutations.
+        offspring: children per generation (lambda).
+        moves: most units that give up channels in one mutation (each gives a sixteenth to three sixteenths of its
+            allowed counts, at least one).
+        survivors: children kept after each early stage, e.g. ``4,1`` (default: a quarter of the offspring, then
+            a quarter of those, at least one).
+        prior: ``sensitivity`` also scores the sensitivity allocation at the budget and starts from the better of
+            it and the uniform policy.
+        ratios: the ratio grid of that prior's scan.
+    """
+
+    name = "evolution"
+    summary = "EvoPress-style (1 + lambda) evolution: channels moved between units, offspring selected in stages"
+    options = (
+        SearchOption("offspring", f"evolution: children per generation (default {DEFAULT_OFFSPRING})", type=_positive,
+                     metavar="N"),
+        SearchOption("moves", f"evolution: most units that give up channels in one mutation (default {DEFAULT_MOVES})",
+                     type=_positive, metavar="N"),
+        SearchOption("survivors", "evolution: children kept after each early racing stage, e.g. 4,1 (default: a "
+                     "quarter of the children per stage)", metavar="N,N"),
+        PRIOR_OPTION,
+        RATIOS_OPTION,
+    )
+    exact_cost_only = True
+    races = True
+
+    @classmethod
+    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
+        """With ``--prior sensitivity``: the allocation is a starting point."""
+        return options.get("prior") is not None
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        budget: Budget,
+        evals: int = 100,
+        seed: int = 0,
+        *,
+        offspring: int = DEFAULT_OFFSPRING,
+        moves: int = DEFAULT_MOVES,
+        survivors: str | None = None,
+        prior: str | None = None,
+        ratios: str | None = None,
+    ) -> None:
+        if not get_metric(budget.metric).is_exact(evaluator):
+            raise ConfigError(f"--method evolution moves channels under an exactly priced budget; with {budget} add "
+                              f"--latency-model lut (the latency lookup table)")
+        self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
+        super().__init__(evaluator, budget, evals, seed)
+        if offspring < 1 or moves < 1:
+            raise ConfigError(f"--offspring and --moves must be >= 1, got {offspring} and {moves}")
+        self.offspring = offspring
+        self.moves = moves
+        racing = evaluator.racing
+        self.stages = tuple(racing.stages) if self.racing and racing is not None else (len(evaluator.proxy),)
+        self.survivors = self._survivors(survivors)
+        self.parent: Candidate | None = None
+        self.generation = 0
+        self._recorded: dict[tuple[int, ...], deque[Candidate]] = defaultdict(deque)
+
+    def _survivors(self, text: str | None) -> tuple[int, ...]:
+        early = len(self.stages) - 1
+        if text is None:
+            counts, n = [], self.offspring
+            for _ in range(early):
+                n = max(1, n // 4)
+                counts.append(n)
+            return tuple(counts)
+        try:
+            counts = [int(part) for part in text.split(",")]
+        except ValueError:
+            counts = []
+        if len(counts) != early or any(c < 1 for c in counts) or counts != sorted(counts, reverse=True):
+            raise ConfigError(f"--survivors {text!r}: give {early} falling counts >= 1, one per early racing stage "
+                              f"({', '.join(map(str, self.stages[:-1]))} images)" if early else
+                              "--survivors needs racing stages (--racing on or image counts)")
+        return tuple(counts)
+
+    def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
+        """A resumed run replays its generations: a child the record holds is answered from it."""
+        super().attach_run(run_dir, study, storage, recorded)
+        self._replay.clear()
+        for candidate in recorded:
+            self._recorded[self.evaluator.key(candidate.kept)].append(candidate)
+
+    def _run(self) -> None:
+        starts = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
+        if self.prior_ratios is not None:
+            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
+        for policy in starts:
+            if self.exhausted:
+                return
+            self._consider(self._full(policy, {"start": True}))
+        while not self.exhausted and self.parent is not None:
+            self.generation += 1
+            self._generation()
+
+    def _consider(self, candidate: Candidate) -> None:
+        if candidate.ok and (self.parent is None or candidate.proxy_acc >= self.parent.proxy_acc):  # type: ignore[operator]
+            self.parent = candidate
+
+    def _full(self, policy: Any, meta: dict[str, Any]) -> Candidate:
+        """A starting point, scored on every image."""
+        kept = self.space.kept(policy)
+        if self._recorded.get(self.evaluator.key(kept)):
+            return self.record(self._recorded[self.evaluator.key(kept)].popleft())
+        meta = {"method": self.name, **meta, "within_budget": self.cost(kept) <= self.limit}
+        return self.record(self.evaluator.evaluate(policy, meta))
+
+    def _generation(self) -> None:
+        assert self.parent is not None
+        count = min(self.offspring, self.evals - self.result.evaluations)
+        children: list[Scoring | _Recorded] = []
+        for _ in range(count):
+            kept = self._mutate(self.parent.kept)
+            recorded = self._recorded.get(self.evaluator.key(kept))
+            if recorded:
+                children.append(_Recorded(recorded.popleft()))
+                continue
+            meta = {"method": self.name, "generation": self.generation, "within_budget": self.cost(kept) <= self.limit}
+            children.append(self.evaluator.start(self.space.policy_from_kept(kept), meta))
+        against = self.evaluator.hits(self.parent) if self.racing else None
+        racing = self.evaluator.racing
+        alive = children
+        for images, keep in zip(self.stages[:-1], self.survivors):
+            for child in alive:
+                if isinstance(child, Scoring):
+                    child.advance(images)
+            going = []
+            for child in alive:
+                if isinstance(child, _Recorded):
+                    lost = not child.reached(images)
+                else:
+                    lost = child.failed or (against is not None and racing is not None and child.loses_to(against, racing))
+                if lost:
+                    self._finish(child)
+                else:
+                    going.append(child)
+            going.sort(key=lambda c: -(c.estimate_at(images) if isinstance(c, _Recorded) else c.estimate or 0.0))
+            for child in going[keep:]:
+                self._finish(child)
+            alive = going[:keep]
+        for child in alive:
+            if isinstance(child, Scoring):
+                child.advance()
+            self._consider(self._finish(child))
+
+    def _finish(self, child: Scoring | _Recorded) -> Candidate:
+        return self.record(child.candidate if isinstance(child, _Recorded) else child.finish())
+
+    def _mutate(self, parent: Mapping[str, int]) -> dict[str, int]:
+        """A child of ``parent``: channels taken from up to ``moves`` units, the freed budget given to others, the
+        rest filled; it meets the budget and differs from the parent (when the space allows)."""
+        options = {u.name: u.allowed_kept for u in self.space.units}
+        for _ in range(RETRIES):
+            position = {n: options[n].index(parent[n]) if parent[n] in options[n] else len(options[n]) - 1
+                        for n in self.space.names}
+            moves = int(min(self.rng.integers(1, self.moves + 1), self.rng.integers(1, self.moves + 1)))
+            for _ in range(moves):
+                shrinkable = [n for n in self.space.names if position[n] > 0]
+                if not shrinkable:
+                    break
+                unit = shrinkable[int(self.rng.integers(len(shrinkable)))]
+                drop = max(1, round(len(options[unit]) * float(self.rng.uniform(1 / 16, 3 / 16))))
+                position[unit] = max(0, position[unit] - drop)
+                growable = [n for n in self.space.names if n != unit and position[n] < len(options[n]) - 1]
+                if growable:
+                    self._grow(growable[int(self.rng.integers(len(growable)))], position, options)
+            names = list(self.space.names)
+            for i in self.rng.permutation(len(names)):  # spend what is left, one allowed step at a time
+                self._grow(names[int(i)], position, options)
+            kept = {n: options[n][position[n]] for n in self.space.names}
+            if kept != dict(parent) and self.cost(kept) <= self.limit:
+                return kept
+        return dict(parent)
+
+    def _grow(self, unit: str, position: dict[str, int], options: Mapping[str, tuple[int, ...]]) -> None:
+        """Give ``unit`` allowed steps while the budget holds."""
+        while position[unit] < len(options[unit]) - 1:
+            position[unit] += 1
+            if self.cost({n: options[n][position[n]] for n in position}) > self.limit:
+                position[unit] -= 1
+                return

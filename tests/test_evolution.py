@@ -1,0 +1,101 @@
+"""The evolutionary searcher: children meet the budget by construction, selection runs in racing stages, every
+child is a trial; racing on the command line, in the run's record and in Optuna's trials."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from autoprune.core.budget import Budget
+from autoprune.experiment import build_experiment
+from autoprune.search import get_searcher
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return build_experiment("digits-demo", racing="on")
+
+
+def test_children_meet_the_budget_and_spend_it(digits):
+    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.4flops"), evals=10, seed=3)
+    parent = searcher.space.kept(searcher.project({n: 0.0 for n in searcher.space.names}, fill=False))
+    for _ in range(30):
+        child = searcher._mutate(parent)
+        assert child != parent
+        assert searcher.cost(child) <= searcher.limit
+        for u in searcher.space.units:
+            assert child[u.name] in u.allowed_kept
+        # spent: no unit can grow by one allowed step without breaking the budget
+        for u in searcher.space.units:
+            options = u.allowed_kept
+            i = options.index(child[u.name])
+            if i + 1 < len(options):
+                assert searcher.cost({**child, u.name: options[i + 1]}) > searcher.limit
+
+
+def test_generations_select_in_stages_and_keep_the_books(digits):
+    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.3flops"), evals=17, seed=0, offspring=8)
+    result = searcher.search()
+    stages = digits.evaluator.racing.stages
+    assert searcher.stages == stages and searcher.survivors == (2, 1)
+    assert result.evaluations == 17 and all(c.flops <= searcher.limit for c in result.candidates)
+    full = [c for c in result.candidates if c.ok]
+    assert result.best is not None and result.best.proxy_acc == max(c.proxy_acc for c in full)
+    children = [c for c in result.candidates if "generation" in c.meta]
+    assert len(children) == 16 and {c.meta["generation"] for c in children} == {1, 2}
+    for generation in (1, 2):
+        mine = [c for c in children if c.meta["generation"] == generation and not c.cached]
+        assert sum(c.ok for c in mine) <= 1  # one child per generation is scored on every image
+        assert all(c.fidelity in stages for c in mine)
+    assert searcher.parent.proxy_acc == result.best.proxy_acc
+
+
+def test_without_racing_every_child_is_scored_on_every_image():
+    exp = build_experiment("digits-demo", racing="off")
+    searcher = get_searcher("evolution")(exp.evaluator, Budget.parse("0.3flops"), evals=9, seed=0, offspring=4)
+    result = searcher.search()
+    assert not searcher.racing and searcher.stages == (len(exp.evaluator.proxy),) and searcher.survivors == ()
+    assert all(c.ok for c in result.candidates) and result.evaluations == 9
+
+
+def test_evolution_run_records_stopped_children_as_pruned_trials(cli, tmp_path):
+    code, out, err = cli("search", "--budget", "0.4flops", "--method", "evolution", "--evals", "10", "--offspring", "4",
+                         "--out", "run", "--quiet")
+    assert code == 0, err
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(trials) == 10 and set(trials["status"]) <= {"ok", "stopped"} and (trials["status"] == "stopped").any()
+    stopped = trials[trials["status"] == "stopped"]
+    assert (stopped["fidelity"] < trials["fidelity"].max()).all()
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["settings"]["racing"] == "on" and config["fidelity"]["racing"] is True
+    assert config["fidelity"]["stages"][-1] == config["fidelity"]["proxy_images"]
+    study = optuna.load_study(study_name=config["settings"]["env"]["name"] + "-0.4flops-evolution",
+                              storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    pruned = study.get_trials(states=[optuna.trial.TrialState.PRUNED])
+    assert len(pruned) == len(stopped) and all(t.intermediate_values for t in pruned)
+    best = max(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]), key=lambda t: t.value)
+    assert best.value == pytest.approx(trials[trials["status"] == "ok"]["proxy_acc"].max())
+    assert "evolution" in out
+
+
+def test_optuna_racing_prunes_trials_with_their_stages(cli, tmp_path):
+    code, _, err = cli("search", "--budget", "0.3flops", "--method", "optuna", "--sampler", "cmaes", "--evals", "12",
+                       "--out", "run", "--quiet")
+    assert code == 0, err
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(trials) == 12 and (trials["status"] == "stopped").any()
+    study = optuna.load_study(study_name="digits-demo-0.3flops-optuna", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["status"] == "stopped" and t.intermediate_values for t in pruned)
+
+
+def test_racing_flags_are_checked(fails, cli):
+    assert "--racing applies to" in fails("search", "--budget", "0.5flops", "--method", "sensitivity", "--racing", "off")
+    assert "--racing" in fails("search", "--budget", "0.5flops", "--racing", "fast")
+    assert "--survivors" in fails("search", "--budget", "0.5flops", "--method", "evolution", "--survivors", "1,4")
+    assert "--survivors" in fails("search", "--budget", "0.5flops", "--method", "evolution", "--racing", "off",
+                                  "--survivors", "2")
+    assert "--offspring" in fails("search", "--budget", "0.5flops", "--method", "random", "--offspring", "4")
+    assert "lut" in fails("search", "--budget", "0.8latency", "--method", "evolution", "--latency-model", "measure")
