@@ -18,9 +18,14 @@ def digits():
     return build_experiment("digits-demo", racing="on")
 
 
-def test_children_meet_the_budget_and_spend_it(digits):
-    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.4flops"), evals=10, seed=3)
+@pytest.mark.parametrize("budget", ["0.4flops", "0.5params"])
+def test_children_meet_the_budget_and_spend_it(digits, budget):
+    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse(budget), evals=10, seed=3)
     parent = searcher.space.kept(searcher.project({n: 0.0 for n in searcher.space.names}, fill=False))
+    for _ in range(1000):
+        child = searcher._mutate(parent)
+        assert child != parent and searcher.cost(child) <= searcher.limit
+        parent = child  # a walk: every child a parent in turn
     for _ in range(30):
         child = searcher._mutate(parent)
         assert child != parent
@@ -99,3 +104,16 @@ def test_racing_flags_are_checked(fails, cli):
                                   "--survivors", "2")
     assert "--offspring" in fails("search", "--budget", "0.5flops", "--method", "random", "--offspring", "4")
     assert "lut" in fails("search", "--budget", "0.8latency", "--method", "evolution", "--latency-model", "measure")
+
+
+def test_racing_never_stops_the_eventual_best_of_a_seeded_random_search():
+    """Random search proposes the same policies with racing on or off (its draws do not depend on scores), so the
+    best one of the full-fidelity search must finish, and win, in the racing search too."""
+    results = {}
+    for racing in ("off", "on"):
+        exp = build_experiment("digits-demo", racing=racing)
+        results[racing] = get_searcher("random")(exp.evaluator, Budget.parse("0.3flops"), evals=30, seed=4).search()
+    full, raced = results["off"], results["on"]
+    assert [c.kept for c in full.candidates] == [c.kept for c in raced.candidates]
+    assert any(c.stopped for c in raced.candidates)
+    assert raced.best.kept == full.best.kept and raced.best.proxy_acc == full.best.proxy_acc
