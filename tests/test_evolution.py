@@ -117,3 +117,19 @@ def test_racing_never_stops_the_eventual_best_of_a_seeded_random_search():
     assert [c.kept for c in full.candidates] == [c.kept for c in raced.candidates]
     assert any(c.stopped for c in raced.candidates)
     assert raced.best.kept == full.best.kept and raced.best.proxy_acc == full.best.proxy_acc
+
+
+def test_torch_pruning_global_baseline_meets_the_budget_in_one_evaluation(digits):
+    from autoprune.bench.settings import parse_method
+
+    assert parse_method("tp-global-lamp") == ("tp-global", "lamp", None)
+    budget = Budget.parse("0.5flops")
+    first = get_searcher("tp-global")(digits.evaluator, budget, importance="l1").search()
+    again = get_searcher("tp-global")(digits.evaluator, budget, importance="l1").search()
+    assert first.evaluations == 1 and first.best is not None and first.best.kept == again.best.kept
+    searcher = get_searcher("tp-global")(digits.evaluator, budget, importance="l1")
+    assert first.best.flops <= searcher.limit and first.best.meta["global_ratio"] > 0
+    looser = searcher.allocation(first.best.meta["global_ratio"] - 0.01)
+    assert searcher.cost(looser) > searcher.limit  # bisected: a little less pruning breaks the budget
+    for u in digits.space.units:
+        assert first.best.kept[u.name] in u.allowed_kept

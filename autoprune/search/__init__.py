@@ -17,12 +17,13 @@ from autoprune.search.registry import (
 )
 from autoprune.search.rl import RL_SEARCHERS, RLSearcher
 from autoprune.search.sensitivity import SensitivitySearcher
+from autoprune.search.tp_global import TorchPruningGlobalSearcher
 from autoprune.search.uniform import UniformSearcher
 
 for _cls in (UniformSearcher, RandomSearcher, SensitivitySearcher, NetAdaptSearcher, OptunaSearcher, EvolutionSearcher,
-             *RL_SEARCHERS):
+             TorchPruningGlobalSearcher, *RL_SEARCHERS):
     register_searcher(_cls)
 
 __all__ = ["RL_SEARCHERS", "SAMPLERS", "SEARCHERS", "EvolutionSearcher", "NetAdaptSearcher", "OptunaSearcher", "RLSearcher", "RandomSearcher",
-           "SearchOption", "SearchResult", "Searcher", "SensitivitySearcher", "UniformSearcher", "get_searcher",
+           "SearchOption", "SearchResult", "Searcher", "SensitivitySearcher", "TorchPruningGlobalSearcher", "UniformSearcher", "get_searcher",
            "methods_accepting", "methods_where", "register_searcher", "search_policy"]
