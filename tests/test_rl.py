@@ -112,11 +112,11 @@ def test_resume_continues_from_the_saved_agent(cli, tmp_path, monkeypatch):
     evaluate = Evaluator.evaluate
     calls = {"n": 0}
 
-    def interrupted_at_the_fourth(self, policy, meta=None):
+    def interrupted_at_the_fourth(self, policy, meta=None, **options):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return evaluate(self, policy, meta)
+        return evaluate(self, policy, meta, **options)
 
     monkeypatch.setattr(Evaluator, "evaluate", interrupted_at_the_fourth)
     code, _, err = cli("search", "--budget", "0.5flops", "--method", "ddpg", "--episodes", "6", "--warmup", "2",

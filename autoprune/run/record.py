@@ -142,8 +142,8 @@ def candidate_row(candidate: Candidate, unit_names: Sequence[str]) -> dict[str, 
         "latency_ms": candidate.latency_ms,
         **candidate.costs,  # registered metrics beyond FLOPs, params and latency, under their columns
         "cached": candidate.cached,
-        "fidelity": candidate.fidelity,
         "reason": candidate.reason or "",
+        "fidelity": candidate.fidelity,
     }
     row.update({f"time_{k}": candidate.timings.get(k) for k in TIMINGS})
     row.update({f"ratio:{n}": candidate.policy.get(n, 0.0) for n in unit_names})
