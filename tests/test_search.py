@@ -45,7 +45,7 @@ def test_reproducible_with_seed(digits, method):
     first = [c.policy for c in _run(digits, method, seed=1).candidates]
     again = [c.policy for c in _run(digits, method, seed=1).candidates]
     assert first == again
-    if method not in ("uniform", "netadapt"):  # uniform and NetAdapt have nothing random
+    if not get_searcher(method).deterministic:  # uniform, NetAdapt and tp-global have nothing random
         assert [c.policy for c in _run(digits, method, seed=2).candidates] != first
 
 
@@ -53,10 +53,11 @@ def test_reproducible_with_seed(digits, method):
 def test_every_candidate_is_recorded(digits, method, tmp_path):
     digits.evaluator.observers.clear()
     digits.evaluator.observers.append(TrialRecorder(tmp_path / "trials.csv", digits.space.names))
-    result = get_searcher(method)(digits.evaluator, Budget.parse("0.5flops"), evals=EVALS, seed=0, **OPTIONS.get(method, {})).search()
+    searcher = get_searcher(method)(digits.evaluator, Budget.parse("0.5flops"), evals=EVALS, seed=0, **OPTIONS.get(method, {}))
+    result = searcher.search()
     digits.evaluator.observers.clear()
     trials = pd.read_csv(tmp_path / "trials.csv")
-    assert len(trials) == result.evaluations == (1 if method == "uniform" else EVALS)
+    assert len(trials) == result.evaluations == min(EVALS, searcher.planned_evaluations)  # uniform, tp-global: one
     assert (trials["method"] == method).all()
     # NetAdapt shrinks step by step: only its last candidate is within the budget
     assert (trials["within_budget"].tail(1) if method == "netadapt" else trials["within_budget"]).all()
