@@ -137,8 +137,9 @@ class Searcher(ABC):
 
     @classmethod
     def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
-        """Whether a search with these options reads the layer-sensitivity scan."""
-        return False
+        """Whether a search with these options reads the layer-sensitivity scan: with ``--prior sensitivity``
+        (a method that takes no prior never has one)."""
+        return options.get("prior") is not None
 
     @classmethod
     def benchmark_options(cls, budget: Budget, evals: int, units: int | None) -> dict[str, Any]:

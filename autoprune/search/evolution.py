@@ -87,11 +87,6 @@ class EvolutionSearcher(Searcher):
     exact_cost_only = True
     races = True
 
-    @classmethod
-    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
-        """With ``--prior sensitivity``: the allocation is a starting point."""
-        return options.get("prior") is not None
-
     def __init__(
         self,
         evaluator: Evaluator,

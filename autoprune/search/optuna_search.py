@@ -116,11 +116,6 @@ class OptunaSearcher(Searcher):
         """The run's sampler and objectives become constructor arguments."""
         return {**options, "sampler": sampler, "objectives": objectives}
 
-    @classmethod
-    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
-        """With ``--prior sensitivity``: the allocation is enqueued as a trial."""
-        return options.get("prior") is not None
-
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
         """Work on the run's study (which knows what is done: nothing is replayed); wait for other workers'
         running trials where the storage has a heartbeat."""

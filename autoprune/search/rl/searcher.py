@@ -13,7 +13,7 @@ makes only the episodes its ``trials.csv`` does not hold yet.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -106,11 +106,6 @@ class RLSearcher(Searcher):
     episodic = True
     progress_unit = "episode"
     exact_cost_only = True
-
-    @classmethod
-    def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
-        """With ``--prior sensitivity``: the narrowed bounds come from the scan."""
-        return options.get("prior") is not None
 
     @classmethod
     def benchmark_options(cls, budget: Budget, evals: int, units: int | None) -> dict[str, Any]:
