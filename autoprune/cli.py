@@ -338,6 +338,8 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratios", default=DEFAULT_RATIOS, help=f"start:stop:step or a list such as 0.2,0.5,0.8 "
                    f"(default {DEFAULT_RATIOS})")
     p.add_argument("--out", help="output folder (default results/runs/<time>-<env>-sensitivity)")
+    p.add_argument("--storage", help="Optuna storage URL (postgresql://..., or a journal file f.log) that several "
+                   "commands of the same scan share: each point is scored once, by whichever is free")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sensitivity)
 
@@ -345,6 +347,7 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``autoprune sensitivity``: scan (or read from the cache) and write ``sensitivity.csv`` and plots."""
     from autoprune.run.directory import new_run_dir, write_config
+    from autoprune.run.study import open_storage
     from autoprune.search.sensitivity_scan import (
         parse_ratios,
         scan,
@@ -355,6 +358,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     ratios = parse_ratios(args.ratios)
     config = _config(args)
     exp = _experiment(args, config, latency=False)
+    storage = open_storage(args.storage) if args.storage else None
     out = new_run_dir(args.out, config.name, "sensitivity")
     with Progress(None, "sensitivity", "eval", not args.quiet, leave=False) as bar:
         def progress(done: int, total: int) -> None:
@@ -362,7 +366,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                 bar.set_total(total)
             bar.set(done)
 
-        table = scan(exp.evaluator, ratios, on_point=progress)
+        table = scan(exp.evaluator, ratios, on_point=progress, storage=storage)
     write_config(out, {"command": "sensitivity", "env": config.to_dict(), "ratios": list(ratios), "cache": str(table.path)})
     files = write_outputs(table, out, config.name)
     print(summary_line(table))
@@ -393,6 +397,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--name", help="report name (default: the env's name)")
     b.add_argument("--out", default="results/benchmarks", help="folder of the report and its cells "
                    "(default results/benchmarks)")
+    b.add_argument("--storage", help="Optuna storage URL (postgresql://..., or a journal file f.log) through which "
+                   "bench commands on many machines share the matrix: each cell runs once, and the report holds "
+                   "every machine's cells")
     b.add_argument("--quick", action="store_true", help="CI-sized run: few evaluations, one seed, a tiny fine-tune")
     b.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -416,7 +423,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         name=args.name, out=args.out, racing=args.racing,
     )
     command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
-    files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command)
+    files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command,
+                                storage=args.storage)
     print(f"{finished} of {plural(len(settings.cells()), 'cell')} finished; wrote {', '.join(str(f) for f in files)}")
     return 0
 

@@ -10,6 +10,11 @@ rerun skips finished cells, so a stopped benchmark resumes where it stopped. Cel
 so an interrupted run still has every method at its first seed. Deterministic methods (uniform,
 NetAdapt) run one seed. :func:`benchmark` runs the matrix and writes the report
 (:mod:`autoprune.bench.report`).
+
+Processes of one folder claim cells with lock files (:func:`claim`). Processes on several machines share a
+matrix through an Optuna storage (``--storage URL``): its cells are tasks of the study ``bench-<name>``
+(:func:`~autoprune.run.study.enqueue_tasks`), each claimed by one process, and each finished cell is
+recorded on its trial, so the report of any process is built from every machine's cells.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from autoprune.bench.machine import library_versions, machine_description
 from autoprune.bench.settings import BenchSettings
 from autoprune.console import Progress, plural
@@ -35,6 +42,8 @@ from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings
 from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.run.search import SearchSettings, search_in_process
+from autoprune.run.study import bind_settings, counted, enqueue_tasks, open_storage, open_study
+from autoprune.run.study import claim as claim_task
 from autoprune.search import get_searcher
 from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
 
@@ -66,16 +75,20 @@ def check_cells(settings: BenchSettings, exp: Experiment) -> None:
             settings.search_settings(budget, spec, 0, units=len(exp.space)).searcher(exp)
 
 
-def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, Any]]:
+def run_bench(settings: BenchSettings, progress: bool = True, storage: str | None = None) -> list[dict[str, Any]]:
     """Run every missing cell (saving each as it finishes); returns every cell of the matrix that exists.
 
     Several processes may run the same benchmark at once: each claims a cell before running it, and
-    skips cells another live process holds or has finished.
+    skips cells another live process holds or has finished; with a ``storage`` URL, through the storage.
     """
     settings.check()
     check_identity(settings)
     prepare_output_dir(settings.out, new=False)
     _write_json(settings.cell_dir / "bench.json", settings.identity())
+    study = bench_study(settings, storage)
+    if study is not None:
+        _run_shared(settings, study, progress)
+        return finished_cells(settings, study)
     todo = [c for c in settings.cells() if not settings.cell_path(c[1], c[2], c[0]).is_file()]
     best: dict[str, float] = {}
     with Progress(len(settings.cells()), "bench", "cell", progress, initial=len(settings.cells()) - len(todo)) as bar:
@@ -93,8 +106,45 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> list[dict[str, 
     return finished_cells(settings)
 
 
+def bench_study(settings: BenchSettings, storage: str | None) -> Any:
+    """The study through which processes on many machines share the matrix (None without a storage URL).
+
+    Raises:
+        ConfigError: if the storage cannot be reached, or its study was started with other settings.
+    """
+    if storage is None:
+        return None
+    study = open_study(open_storage(storage), f"bench-{settings.title}")
+    bind_settings(study, settings.identity())
+    return study
+
+
+def _run_shared(settings: BenchSettings, study: Any, progress: bool) -> None:
+    """Claim the matrix's cells from the study until none waits; a cell this folder holds already is recorded
+    from its file."""
+    enqueue_tasks(study, {_cell_task(budget, spec, seed): ({}, {"cell": [seed, budget, spec]})
+                          for seed, budget, spec in settings.cells()})
+
+    def work(trial: Any) -> float:
+        seed, budget, spec = trial.user_attrs["cell"]
+        path = settings.cell_path(budget, spec, seed)
+        cell = json.loads(path.read_text()) if path.is_file() else run_cell(settings, budget, spec, seed, progress)
+        _write_json(path, cell)
+        trial.set_user_attr("result", json.loads(json.dumps(cell, default=float)))
+        return float(cell["report_acc"])
+
+    with Progress(len(settings.cells()), "bench", "cell", progress) as bar:
+        while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            claim_task(study, work)
+            bar.set(sum(counted(t) for t in study.get_trials(deepcopy=False)))
+
+
+def _cell_task(budget: str, spec: str, seed: int) -> str:
+    return f"{budget} {spec} seed {seed}"
+
+
 def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: bool = True,
-              command: list[str] | None = None) -> tuple[list[Path], int]:
+              command: list[str] | None = None, storage: str | None = None) -> tuple[list[Path], int]:
     """Run the matrix's missing cells (none with ``report_only``), then write the report from every finished cell.
 
     Args:
@@ -102,6 +152,8 @@ def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: b
         report_only: only rewrite the report from the cells already finished.
         progress: show progress bars.
         command: the command the report's header names (default: this process's, ``python script.py ...``).
+        storage: an Optuna storage URL that processes on many machines share the matrix through; the report
+            then holds every machine's finished cells.
 
     Returns:
         The files written (report, CSV, plots) and how many cells are finished.
@@ -119,8 +171,8 @@ def benchmark(settings: BenchSettings, *, report_only: bool = False, progress: b
     exp = dense_experiment(settings)
     if not report_only:
         check_cells(settings, exp)
-        run_bench(settings, progress)
-    cells = finished_cells(settings)
+        run_bench(settings, progress, storage)
+    cells = finished_cells(settings, bench_study(settings, storage))
     if not cells:
         raise ConfigError(f"no finished cells in {settings.cell_dir}; run without --report-only first")
     scan_path = settings.cell_dir / "sensitivity-scan.json"
@@ -175,10 +227,19 @@ def _holder_alive(lock: Path) -> bool:
     return True
 
 
-def finished_cells(settings: BenchSettings) -> list[dict[str, Any]]:
-    """The saved cells of the settings' matrix, in matrix order."""
-    paths = [settings.cell_path(b, m, s) for s, b, m in settings.cells()]
-    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+def finished_cells(settings: BenchSettings, study: Any = None) -> list[dict[str, Any]]:
+    """The finished cells of the settings' matrix, in matrix order: saved in the cell folder, or recorded in the
+    shared ``study`` by any machine."""
+    shared = {} if study is None else {t.user_attrs["task"]: t.user_attrs["result"]
+                                       for t in study.get_trials(deepcopy=False) if counted(t) and "result" in t.user_attrs}
+    cells = []
+    for seed, budget, spec in settings.cells():
+        path = settings.cell_path(budget, spec, seed)
+        if path.is_file():
+            cells.append(json.loads(path.read_text()))
+        elif _cell_task(budget, spec, seed) in shared:
+            cells.append(shared[_cell_task(budget, spec, seed)])
+    return cells
 
 
 def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progress: bool = True) -> dict[str, Any]:

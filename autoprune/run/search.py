@@ -105,28 +105,40 @@ class SearchSettings:
         return self.study_name or f"{self.env['name']}-{self.budget}-{self.method}"
 
     def experiment(self) -> Experiment:
-        """Build the experiment these settings describe."""
+        """Build the experiment these settings describe.
+
+        Raises:
+            ConfigError: for several workers of a method that cannot share its study, and other bad settings.
+        """
+        cls = get_searcher(self.method)
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and not cls.parallel:
+            raise ConfigError(f"--method {self.method} runs in one process, not on --workers {self.workers}; "
+                              f"methods that run on several workers: {', '.join(methods_where('parallel'))}")
         budget = Budget.parse(self.budget)
         latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or get_metric(budget.metric).measured else None
         options = DataOptions(self.data_dir, None, self.download, self.trust_checkpoint)
-        cls = get_searcher(self.method)
         if self.racing != "on" and not cls.races:
             raise ConfigError(f"--racing applies to {', '.join(methods_where('races'))}, not --method {self.method}")
         model = resolve_latency_model(self.latency_model, cls.latency_model, budget)
         return build_experiment(self.env_config, data=options, device=self.device, latency=latency, latency_model=model,
                                 racing=self.racing if cls.races else "off")
 
-    def searcher(self, exp: Experiment, seed_offset: int = 0) -> Searcher:
-        """The searcher, validated against the experiment (budget reachable, options known)."""
+    @property
+    def shared(self) -> bool:
+        """Whether other workers may share the run's study: several workers, or a storage other machines can join."""
+        return self.workers > 1 or self.storage is not None
+
+    def searcher(self, exp: Experiment, worker: int = 0) -> Searcher:
+        """The searcher of worker ``worker``, validated against the experiment (budget reachable, options known)."""
         cls = get_searcher(self.method)
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.workers > 1 and not cls.parallel:
-            raise ConfigError(f"--workers > 1 needs a method whose workers share one study "
-                              f"({', '.join(methods_where('parallel'))}); {self.method} runs in one process")
         options = cls.resolve_options(self.method_options, sampler=self.sampler,
                                       objectives=parse_objectives(self.objectives))
-        return cls(exp.evaluator, Budget.parse(self.budget), evals=self.evals, seed=self.seed + seed_offset, **options)
+        searcher = cls(exp.evaluator, Budget.parse(self.budget), evals=self.evals, seed=self.seed, **options)
+        searcher.shared = searcher.shared or self.shared  # (Optuna always works on a study)
+        searcher.worker = worker
+        return searcher
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for ``config.yaml`` and worker processes."""
@@ -297,7 +309,7 @@ def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     s = SearchSettings(**settings)
     exp = s.experiment()
-    searcher = s.searcher(exp, seed_offset=index)
+    searcher = s.searcher(exp, worker=index)
     storage = open_storage(s.storage, Path(run_dir))
     objectives = parse_objectives(s.objectives)
     study = open_study(storage, s.study, objectives)
@@ -311,15 +323,27 @@ def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
 
 def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, progress: bool,
                          stop: GracefulStop) -> None:
+    """Run ``settings.workers`` worker processes on the run's study; a worker killed by a signal that is not this
+    command's is replaced (its trial is settled and evaluated again by the others), up to once per worker."""
     status(f"starting {plural(settings.workers, 'worker process', 'worker processes')}")
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(settings.to_dict(), i, str(run_dir)), daemon=False)
-               for i in range(settings.workers)]
-    for w in workers:
-        w.start()
-    forwarded = False
+
+    def start(index: int) -> Any:
+        process = context.Process(target=_worker, args=(settings.to_dict(), index, str(run_dir)), daemon=False)
+        process.start()
+        return process
+
+    workers = [start(i) for i in range(settings.workers)]
+    replaced = forwarded = 0
     with Progress(settings.evals, f"{settings.method} x{settings.workers}", "eval", progress) as bar:
-        while any(w.is_alive() for w in workers):
+        while True:
+            for i, w in enumerate(workers):
+                if stop.signum is None and w.exitcode is not None and w.exitcode < 0 and replaced < settings.workers:
+                    status(f"worker {i} was killed by {signal.Signals(-w.exitcode).name}; starting another")
+                    workers[i] = start(i)
+                    replaced += 1
+            if not any(w.is_alive() for w in workers):
+                break
             time.sleep(1.0)
             if stop.signum == signal.SIGTERM and not forwarded:  # Ctrl-C reaches the workers by itself
                 for w in workers:

@@ -4,6 +4,14 @@ Each trial holds the unit ratios as parameters and, as user attributes, the kept
 (MACs), params, latency, proxy accuracy, method and budget status, so that
 ``optuna-dashboard sqlite:///<run>/study.db`` inspects any search. Optuna's storage is also the
 engine for many workers: an RDB URL (SQLite, PostgreSQL, MySQL) or a journal file.
+
+Work known ahead (an evolutionary generation's children, the sensitivity scan's grid, a benchmark's cells)
+is shared through the study as *tasks*: waiting trials named by a ``task`` user attribute, enqueued by
+:func:`enqueue_tasks` and taken by :func:`claim` (Optuna pops a waiting trial atomically). Any worker may
+enqueue the same tasks (they are a deterministic function of what the study holds); when two did, the
+lowest-numbered trial of a task that has not died owns it and a later copy is dropped when claimed
+(:func:`owner_before`). A worker killed while holding a trial leaves it running: :func:`reap_dead_trials`
+(workers of this host) or an RDB storage's heartbeat fails it and enqueues it again, task included.
 """
 
 from __future__ import annotations
@@ -14,8 +22,9 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -31,6 +40,8 @@ HEARTBEAT_S = 10
 SCHEMA_RETRIES = 5
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 SETTINGS_ATTR = "autoprune_settings"
+TASK_ATTR = "task"
+"""User attribute naming the piece of work a trial does; the lowest-numbered live trial of a task owns it."""
 MACHINE_SETTINGS = ("storage", "workers", "device", "threads", "data_dir", "download", "trust_checkpoint")
 """Run settings that may differ between the machines sharing a study (where things are, how to run)."""
 
@@ -151,7 +162,9 @@ def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) 
 
     A worker killed mid-trial leaves its trial RUNNING. RDB storages detect that by heartbeat after a
     grace period; this settles it at once for local workers (and is the only way for journal
-    storages, which have no heartbeat). Returns the number of trials reaped.
+    storages, which have no heartbeat). The trial is enqueued again with its parameters and its task (a
+    trial without one gets the task ``retry N``, so that two workers reaping it at once run it once).
+    Returns the number of trials reaped here.
     """
     host = socket.gethostname()
     reaped = 0
@@ -160,10 +173,16 @@ def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) 
         name, _, pid = owner.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {owner} died")
-        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            study.enqueue_trial(trial.params)
-            reaped += 1
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {owner} died")
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker reaped it first
+            continue
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
+        attrs.setdefault(TASK_ATTR, f"retry {trial.number}")
+        study.enqueue_trial(trial.params, user_attrs=attrs)
+        reaped += 1
     return reaped
 
 
@@ -189,6 +208,68 @@ def counted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE or (
         trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "fail"
     ) or (trial.state == TrialState.PRUNED and trial.user_attrs.get("status") == "stopped")
+
+
+def enqueue_tasks(study: optuna.Study, tasks: Mapping[str, tuple[Mapping[str, float], Mapping[str, Any]]]) -> int:
+    """Enqueue each task (``name -> (params, user attributes)``) that no trial of the study holds yet; returns how
+    many were enqueued."""
+    held = {t.user_attrs.get(TASK_ATTR) for t in study.get_trials(deepcopy=False)}
+    fresh = [name for name in tasks if name not in held]
+    for name in fresh:
+        params, attrs = tasks[name]
+        study.enqueue_trial(dict(params), user_attrs={**attrs, TASK_ATTR: name})
+    return len(fresh)
+
+
+def owner_before(study: optuna.Study, number: int, task: str | None) -> int | None:
+    """The number of a trial below ``number`` that owns ``task`` (alive: waiting, running or finished, or failed by
+    its evaluation); None when trial ``number`` is the first (or has no task)."""
+    if task is None:
+        return None
+    for t in study.get_trials(deepcopy=False):
+        if t.number < number and t.user_attrs.get(TASK_ATTR) == task and (t.state != TrialState.FAIL or counted(t)):
+            return t.number
+    return None
+
+
+def done_tasks(trials: Sequence[FrozenTrial]) -> set[str]:
+    """The tasks whose candidate is recorded (counted trials)."""
+    return {str(t.user_attrs[TASK_ATTR]) for t in trials if TASK_ATTR in t.user_attrs and counted(t)}
+
+
+class Dropped(Exception):
+    """Raised inside a claimed trial that has no work of its own (a copy of a task another trial owns, a trial
+    created when the waiting ones had been taken, one beyond the evaluations): Optuna records it failed, and it is
+    never counted."""
+
+
+def drop(trial: optuna.Trial, reason: str) -> None:
+    """Give up a claimed trial: its reason is recorded, and it ends failed (uncounted)."""
+    trial.set_user_attr("reason", reason)
+    raise Dropped(reason)
+
+
+def claim(study: optuna.Study, work: Callable[[optuna.Trial], Any], catch: tuple[type[Exception], ...] = ()) -> None:
+    """Run one trial of ``study`` through ``work(trial)`` (its value, or an exception in ``catch`` to fail it).
+
+    Optuna's optimize loop pops the oldest waiting trial (a new one when none waits), keeps the heartbeat of
+    an RDB storage and first fails the stale trials of dead workers. The trial records this worker; a copy of
+    a task that a lower-numbered trial owns is dropped.
+    """
+    def objective(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", worker_id())
+        owner = owner_before(study, trial.number, trial.user_attrs.get(TASK_ATTR))
+        if owner is not None:
+            drop(trial, f"a copy of trial {owner}'s task")
+        return work(trial)
+
+    study.optimize(objective, n_trials=1, catch=(Dropped, *catch), gc_after_trial=False)
+
+
+def waiting_params(trial: optuna.Trial) -> dict[str, Any] | None:
+    """The parameters a claimed trial was enqueued with (None: a new trial, enqueued by nobody)."""
+    fixed = trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    return dict(fixed) if isinstance(fixed, dict) else None
 
 
 def bind_settings(study: optuna.Study, settings: Mapping[str, object]) -> None:

@@ -104,6 +104,13 @@ class Searcher(ABC):
     """What one step of the progress bar is."""
     parallel: ClassVar[bool] = False
     """Several worker processes can share its study (``--workers``, ``--storage``)."""
+    shared: bool = False
+    """Set by a run whose study other workers may share (``--workers``, ``--storage``) before ``attach_run``: a
+    parallel searcher then takes its work from the study."""
+    worker: int = 0
+    """This worker's index among the run's worker processes (0 in one process)."""
+    storage: Any = None
+    """The run's Optuna storage while its study is shared (set by ``attach_run``), else None."""
     multi_objective: ClassVar[bool] = False
     """It can search a Pareto front (``--objectives acc,flops``)."""
     exact_cost_only: ClassVar[bool] = False
@@ -227,10 +234,14 @@ class Searcher(ABC):
                 raise ConfigError(f"the run's record does not match what {self.name} proposes again (recorded "
                                   f"candidate {candidate.index} differs); it cannot be resumed: choose another --out")
         else:
-            incumbent = self.result.best if self.racing and within else None
+            incumbent = self.incumbent() if self.racing and within else None
             candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within},
                                                 incumbent=incumbent)
         return self.record(candidate)
+
+    def incumbent(self) -> Candidate | None:
+        """The candidate a new one races: the best within the budget so far."""
+        return self.result.best
 
     def record(self, candidate: Candidate) -> Candidate:
         """Keep the books on a candidate: the history, the best one within the budget, the progress display.

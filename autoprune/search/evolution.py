@@ -10,6 +10,15 @@ of the proxy images by default): after each early stage only the best ``survivor
 racing on a child that cannot beat the parent on the same images stops at once. The best child scored
 on every image replaces the parent when it is at least as accurate. Every child is one evaluation and
 one trial; a child stopped early is recorded ``stopped`` with its accuracy after each stage.
+
+On a study that workers share, each generation is a set of tasks of the study
+(:func:`~autoprune.run.study.enqueue_tasks`): its children are enqueued as waiting trials and evaluated by
+whichever worker is free, each racing the best candidate the study holds (the staged survivor cut needs one
+process and is left out). The next generation is a deterministic function of the seed and the finished
+generations (its parent is their best candidate scored on every image, its mutations draw from the stream
+``(seed, generation)``), so any worker builds it, once the last child is recorded: a worker killed while
+evaluating or building loses nothing, and two workers building at once enqueue the same children, of which
+the first copies are kept.
 """
 
 from __future__ import annotations
@@ -19,12 +28,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
+from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.search.base import Searcher, SearchOption
+from autoprune.run.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, waiting_params
+from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
+from autoprune.search.shared import CandidateFailed, StudySearcher
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
@@ -54,7 +70,7 @@ class _Recorded:
         return self.candidate.curve.get(images, self.candidate.proxy_acc or 0.0)
 
 
-class EvolutionSearcher(Searcher):
+class EvolutionSearcher(StudySearcher):
     """(1 + lambda) evolution over kept channels, budget kept by construction, offspring selected in stages.
 
     Args:
@@ -135,23 +151,31 @@ class EvolutionSearcher(Searcher):
         return tuple(counts)
 
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
-        """A resumed run replays its generations: a child the record holds is answered from it."""
+        """A resumed run in one process replays its generations: a child the record holds is answered from it. (On
+        a shared study the generations are its tasks.)"""
         super().attach_run(run_dir, study, storage, recorded)
         self._replay.clear()
-        for candidate in recorded:
+        for candidate in recorded if self.study is None else ():
             self._recorded[self.evaluator.key(candidate.kept)].append(candidate)
 
     def _run(self) -> None:
-        starts = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
-        if self.prior_ratios is not None:
-            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
-        for policy in starts:
+        if self.study is not None:
+            self._run_shared()
+            return
+        for policy in self._starts():
             if self.exhausted:
                 return
             self._consider(self._full(policy, {"start": True}))
         while not self.exhausted and self.parent is not None:
             self.generation += 1
             self._generation()
+
+    def _starts(self) -> list[Policy]:
+        """The starting points: the uniform policy at the budget, and the sensitivity allocation with the prior."""
+        starts = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
+        if self.prior_ratios is not None:
+            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
+        return starts
 
     def _consider(self, candidate: Candidate) -> None:
         if candidate.ok and (self.parent is None or candidate.proxy_acc >= self.parent.proxy_acc):  # type: ignore[operator]
@@ -239,3 +263,63 @@ class EvolutionSearcher(Searcher):
             if self.cost({n: options[n][position[n]] for n in position}) > self.limit:
                 position[unit] -= 1
                 return
+
+    def _run_shared(self) -> None:
+        """Evaluate the waiting children of the study, building each generation once the one before is recorded
+        (again, where a builder died halfway), until ``evals`` children are recorded."""
+        assert self.study is not None
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.WAITING for t in trials):
+                claim(self.study, self._child, catch=(CandidateFailed,))
+                continue
+            generation = max((int(t.user_attrs["generation"]) for t in trials if "generation" in t.user_attrs),
+                             default=-1)
+            tasks = {_task(generation, i) for i in range(self._size(generation))} if generation >= 0 else set()
+            if tasks <= done_tasks(trials):
+                if not self._size(generation + 1) or not self._build(generation + 1, trials):
+                    return
+            elif not tasks <= {t.user_attrs.get(TASK_ATTR) for t in trials}:
+                self._build(generation, trials)
+            else:
+                self.pause()  # its last children run in other workers (or died there: settled here)
+
+    def _size(self, generation: int) -> int:
+        """Children of a generation (generation 0: the starting points), so that all of them make ``evals``."""
+        first = min(1 + (self.prior_ratios is not None), self.evals)
+        if generation == 0:
+            return first
+        return max(0, min(self.offspring, self.evals - first - (generation - 1) * self.offspring))
+
+    def _build(self, generation: int, trials: Sequence[FrozenTrial]) -> bool:
+        """Enqueue the children of ``generation`` that no trial holds yet: the starting points, or mutations of the
+        best candidate the earlier generations scored on every image; False when there is none to mutate."""
+        if generation == 0:
+            children = [self.space.kept(p) for p in self._starts()]
+        else:
+            scored = [t for t in trials if t.state == TrialState.COMPLETE and "generation" in t.user_attrs
+                      and int(t.user_attrs["generation"]) < generation]
+            if not scored:
+                return False
+            best = max(scored, key=lambda t: (t.user_attrs["proxy_acc"], t.user_attrs["generation"], t.user_attrs["slot"]))
+            self.rng = np.random.default_rng((self.seed, generation))
+            parent = {n: int(k) for n, k in best.user_attrs["kept"].items()}
+            children = [self._mutate(parent) for _ in range(self._size(generation))]
+        enqueue_tasks(self.study, {_task(generation, i): (dict(self.space.policy_from_kept(kept)),  # type: ignore[arg-type]
+                                                          {"generation": generation, "slot": i})
+                                   for i, kept in enumerate(children)})
+        return True
+
+    def _child(self, trial: optuna.Trial) -> float:
+        """Evaluate a claimed child, racing the best candidate of the study."""
+        enqueued = waiting_params(trial)
+        if enqueued is None or TASK_ATTR not in trial.user_attrs:
+            drop(trial, "no child was waiting (another worker took it)")
+        policy = Policy(enqueued)  # type: ignore[arg-type]
+        self.record_params(trial, policy)
+        generation = int(trial.user_attrs["generation"])
+        return self.evaluate_trial(trial, policy, {"generation": generation} if generation else {"start": True})  # type: ignore[return-value]
+
+
+def _task(generation: int, slot: int) -> str:
+    return f"generation {generation} child {slot}"

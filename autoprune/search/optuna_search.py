@@ -12,35 +12,26 @@ evaluation count is global to the study.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import Trial, TrialState
+from optuna.trial import Trial
 
 from autoprune.core.budget import Budget
-from autoprune.core.evaluator import Candidate, Evaluator
+from autoprune.core.evaluator import Evaluator
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.run.record import candidate_attrs
-from autoprune.run.study import (
-    counted,
-    has_heartbeat,
-    objective_values,
-    open_study,
-    unit_distributions,
-    worker_id,
-)
-from autoprune.search.base import Searcher, SearchOption
+from autoprune.run.study import open_study, unit_distributions
+from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import (
     PRIOR_OPTION,
     RATIOS_OPTION,
     check_prior,
     sensitivity_allocation,
 )
+from autoprune.search.shared import StudySearcher
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
 
@@ -74,11 +65,7 @@ def make_sampler(name: str, seed: int, objectives: int) -> optuna.samplers.BaseS
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-class _CandidateFailed(Exception):
-    """Raised inside a trial whose candidate failed, so that Optuna records it as FAIL."""
-
-
-class OptunaSearcher(Searcher):
+class OptunaSearcher(StudySearcher):
     """Samples unit ratios with an Optuna sampler over a study that every worker shares.
 
     Args:
@@ -93,10 +80,6 @@ class OptunaSearcher(Searcher):
         prior: ``sensitivity`` enqueues the sensitivity allocation at the budget as the next trial
             (see :mod:`autoprune.search.sensitivity`; the scan is cached).
         ratios: the ratio grid of that prior's scan.
-
-    Attributes:
-        wait_for_running: when the last evaluations are running in other workers, wait for them (and
-            take over any that go stale) instead of stopping; set it for storages with a heartbeat.
     """
 
     name = "optuna"
@@ -106,7 +89,6 @@ class OptunaSearcher(Searcher):
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
-    parallel = True
     multi_objective = True
     variant_option = "sampler"
     races = True
@@ -115,13 +97,6 @@ class OptunaSearcher(Searcher):
     def resolve_options(cls, options: Mapping[str, Any], *, sampler: str, objectives: tuple[str, ...]) -> dict[str, Any]:
         """The run's sampler and objectives become constructor arguments."""
         return {**options, "sampler": sampler, "objectives": objectives}
-
-    def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
-        """Work on the run's study (which knows what is done: nothing is replayed); wait for other workers'
-        running trials where the storage has a heartbeat."""
-        super().attach_run(run_dir, study, storage)
-        self.study = study
-        self.wait_for_running = has_heartbeat(storage)
 
     def __init__(
         self,
@@ -141,54 +116,25 @@ class OptunaSearcher(Searcher):
         super().__init__(evaluator, budget, evals, seed)
         self.objectives = tuple(objectives)
         self.racing = self.racing and len(self.objectives) == 1  # a Pareto front has no single incumbent
+        self.sampler_name = sampler
         self.sampler = make_sampler(sampler, seed, len(self.objectives))
         self.distributions = unit_distributions(self.space)
         self.warm_start = warm_start
         self.study = study or open_study(optuna.storages.InMemoryStorage(), "autoprune", self.objectives)
-        self.wait_for_running = False
-        self.poll_s = 1.0
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether the study holds ``evals`` counted trials (all workers together)."""
-        return sum(counted(t) for t in self.study.get_trials(deepcopy=False)) >= self.evals
+        self.shared = True  # its own study, or the run's: the searcher always works on a study
 
     def _run(self) -> None:
+        if self.worker:  # workers sample from seeds of their own
+            self.sampler = make_sampler(self.sampler_name, self.seed + self.worker, len(self.objectives))
         self.study.sampler = self.sampler
         if self.warm_start:
             uniform = self.project({n: 0.0 for n in self.space.names}, fill=False)
             self.study.enqueue_trial(dict(uniform), skip_if_exists=True)
         if self.prior_ratios is not None:
             self.study.enqueue_trial(dict(sensitivity_allocation(self, self.prior_ratios)[0]), skip_if_exists=True)
-        while not self.exhausted:
-            trials = self.study.get_trials(deepcopy=False)
-            in_flight = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
-            if in_flight >= self.evals and not any(t.state == TrialState.WAITING for t in trials):
-                if not self.wait_for_running:
-                    break
-                time.sleep(self.poll_s)  # other workers hold the last trials; retry any that go stale
-                optuna.storages.fail_stale_trials(self.study)
-                continue
-            self.study.optimize(self._objective, n_trials=1, catch=(_CandidateFailed,), gc_after_trial=False)
+        self.run_open()
 
-    def _objective(self, trial: Trial) -> float | list[float]:
-        trial.set_user_attr("worker", worker_id())
-        trials = self.study.get_trials(deepcopy=False)
-        ahead = sum(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number) for t in trials)
-        if ahead >= self.evals:  # another worker took the last evaluation first
-            trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned("the study already holds its evaluations")
+    def propose_for(self, trial: Trial) -> tuple[Policy, dict[str, Any]]:
+        """The sampler's sample (or the trial's enqueued one), projected onto the budget with one objective."""
         sample = {n: trial.suggest_float(n, d.low, d.high) for n, d in self.distributions.items()}
-        policy = self.project(sample) if len(self.objectives) == 1 else Policy(sample)
-        candidate = self.evaluate(policy, {"sample": sample, "optuna_trial": trial.number})
-        for key, value in candidate_attrs(candidate).items():
-            trial.set_user_attr(key, value)
-        if len(self.objectives) == 1:  # Optuna keeps intermediate values for one objective only
-            for images, accuracy in candidate.curve.items():
-                trial.report(accuracy, images)
-        if candidate.stopped:  # raced out: TPE ranks it below finished trials, CMA-ES takes its last value
-            raise optuna.TrialPruned(f"stopped by racing after {candidate.fidelity} images")
-        if not candidate.ok:
-            raise _CandidateFailed(candidate.reason)
-        values = objective_values(candidate, self.objectives)
-        return values[0] if len(values) == 1 else values
+        return (self.project(sample) if len(self.objectives) == 1 else Policy(sample)), {"sample": sample}

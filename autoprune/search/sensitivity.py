@@ -84,7 +84,7 @@ def check_prior(prior: str | None, ratios: str | None, evaluator: Evaluator, bud
 def sensitivity_allocation(searcher: Searcher, ratios: tuple[float, ...]) -> tuple[Policy, SensitivityTable]:
     """The least-predicted-drop policy under the searcher's budget, and the (cached) scan behind it."""
     check_latency_model(searcher.evaluator, searcher.budget, "the sensitivity prior")
-    table = scan(searcher.evaluator, ratios)
+    table = scan(searcher.evaluator, ratios, storage=searcher.storage)  # shared by the workers of a shared study
     kept = allocate(searcher.space, table.drop, searcher.cost, searcher.limit, scan_options(searcher.space, ratios))
     return searcher.space.policy_from_kept(kept), table
 

@@ -6,6 +6,11 @@ architecture and weights, the proxy's data and settings, the channel criterion a
 searched units with their bounds, and the ratio grid; a second scan with the same key evaluates
 nothing. Scan points are not search candidates: they are recorded in ``sensitivity.csv``, not in a
 run's ``trials.csv``.
+
+With a storage (``autoprune sensitivity --storage URL`` on several machines, or the workers of a search
+with ``--prior sensitivity``) the grid is a set of tasks of the study ``sensitivity-<key>``
+(:func:`~autoprune.run.study.enqueue_tasks`): enqueued once, filled by every worker, each point scored
+once; each worker then reads the whole table from the study, and the cache is written once.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 
 from autoprune.core.cost import FLOPS_LABEL
@@ -28,6 +36,7 @@ from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
 from autoprune.io import atomic_write
 from autoprune.plotting import pyplot, save_figure
+from autoprune.run.study import claim, done_tasks, enqueue_tasks, open_study, reap_dead_trials
 from autoprune.zoo.images import cache_dir
 
 DEFAULT_RATIOS = "0.1:0.9:0.1"
@@ -138,6 +147,7 @@ def scan(
     ratios: tuple[float, ...],
     cache: bool = True,
     on_point: Callable[[int, int], None] | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> SensitivityTable:
     """Prune one unit at a time at every ratio and score it; read from or write to the cache.
 
@@ -149,36 +159,97 @@ def scan(
         ratios: the grid, each in (0, 1).
         cache: read a cached scan with the same key, and write this one.
         on_point: called as ``on_point(done, total)`` after each evaluation.
+        storage: share the grid with the other workers on this storage.
     """
-    path = cache_dir() / "sensitivity" / f"{scan_key(evaluator, ratios)}.csv"
+    key = scan_key(evaluator, ratios)
+    path = cache_dir() / "sensitivity" / f"{key}.csv"
     if cache and path.is_file():
         return SensitivityTable(pd.read_csv(path), ratios, path, evaluations=0)
-    space, cost = evaluator.space, evaluator.cost
-    total = 1 + len(space) * len(ratios)
-    rows = []
+    points = [(unit.name, ratio) for unit in evaluator.space.units for ratio in ratios]
     with unrecorded(evaluator):
-        dense = evaluator.evaluate(Policy({}), {"method": "sensitivity-scan"})
-        if on_point is not None:
-            on_point(1, total)
-        for i, unit in enumerate(space.units):
-            rows.append(_row(unit.name, 0.0, unit.channels, dense, cost.dense_flops))
-            for j, ratio in enumerate(ratios):
-                candidate = evaluator.evaluate(Policy({unit.name: min(ratio, unit.max_ratio)}),
-                                               {"method": "sensitivity-scan", "unit": unit.name, "ratio": ratio})
-                rows.append(_row(unit.name, ratio, unit.channels, candidate, cost.dense_flops))
-                if on_point is not None:
-                    on_point(2 + i * len(ratios) + j, total)
+        if storage is None:
+            scored, evaluations = _scan_here(evaluator, points, on_point), 1 + len(points)
+        else:
+            scored, evaluations = _scan_shared(evaluator, points, storage, open_study(storage, f"sensitivity-{key}"),
+                                               on_point)
+    rows = []
+    for unit in evaluator.space.units:
+        rows.append(_row(unit.name, 0.0, unit.channels, scored[None]))
+        rows.extend(_row(unit.name, ratio, unit.channels, scored[(unit.name, ratio)]) for ratio in ratios)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    if cache:
+    if cache and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    return SensitivityTable(frame, ratios, path if cache else None, evaluations=total)
+    return SensitivityTable(frame, ratios, path if cache else None, evaluations=evaluations)
 
 
-def _row(unit: str, ratio: float, channels: int, candidate, dense_flops: int) -> dict:
-    return {"unit": unit, "ratio": ratio, "kept": candidate.kept[unit], "channels": channels,
-            "accuracy": candidate.proxy_acc if candidate.ok else float("nan"), "flops": candidate.flops,
-            "flops_saved": dense_flops - candidate.flops, "params": candidate.params}
+Point = tuple[str, float]
+Scored = dict[Point | None, dict[str, Any]]  # a point (None: the dense network) -> what its row records
+
+
+def _score(evaluator: Evaluator, point: Point | None) -> dict[str, Any]:
+    """Score one point of the grid (None: the dense network)."""
+    if point is None:
+        candidate = evaluator.evaluate(Policy({}), {"method": "sensitivity-scan"})
+    else:
+        unit, ratio = point
+        candidate = evaluator.evaluate(Policy({unit: min(ratio, evaluator.space.unit(unit).max_ratio)}),
+                                       {"method": "sensitivity-scan", "unit": unit, "ratio": ratio})
+    return {"kept": dict(candidate.kept), "accuracy": candidate.proxy_acc if candidate.ok else None,
+            "flops": candidate.flops, "flops_saved": evaluator.cost.dense_flops - candidate.flops,
+            "params": candidate.params}
+
+
+def _scan_here(evaluator: Evaluator, points: list[Point], on_point: Callable[[int, int], None] | None) -> Scored:
+    scored: Scored = {}
+    for i, point in enumerate([None, *points]):
+        scored[point] = _score(evaluator, point)
+        if on_point is not None:
+            on_point(i + 1, 1 + len(points))
+    return scored
+
+
+def _scan_shared(evaluator: Evaluator, points: list[Point], storage: optuna.storages.BaseStorage, study: optuna.Study,
+                 on_point: Callable[[int, int], None] | None) -> tuple[Scored, int]:
+    """Fill the grid with the other workers of ``study``; returns every point and how many were scored here."""
+    tasks = {_task(p): ({}, {"point": list(p) if p else None}) for p in [None, *points]}
+    enqueue_tasks(study, tasks)
+    here = 0
+
+    def work(trial: optuna.Trial) -> float:
+        nonlocal here
+        point = trial.user_attrs.get("point")
+        scored = _score(evaluator, None if point is None else (str(point[0]), float(point[1])))
+        trial.set_user_attr("scored", scored)
+        here += 1
+        return scored["accuracy"] if scored["accuracy"] is not None else -1.0
+
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        done = done_tasks(trials)
+        if on_point is not None:
+            on_point(len(done), len(tasks))
+        if set(tasks) <= done:
+            break
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            claim(study, work)
+        else:
+            time.sleep(1.0)  # the last points are scored by other workers (or their worker died: settled here)
+            reap_dead_trials(study, storage)
+    owners = {t.user_attrs["task"]: t for t in study.get_trials(deepcopy=False)
+              if t.state == optuna.trial.TrialState.COMPLETE and "scored" in t.user_attrs}
+    return {p: owners[_task(p)].user_attrs["scored"] for p in [None, *points]}, here
+
+
+def _task(point: Point | None) -> str:
+    return "dense" if point is None else f"{point[0]} at {point[1]:g}"
+
+
+def _row(unit: str, ratio: float, channels: int, scored: dict[str, Any]) -> dict[str, Any]:
+    accuracy = scored["accuracy"]
+    return {"unit": unit, "ratio": ratio, "kept": scored["kept"][unit], "channels": channels,
+            "accuracy": float("nan") if accuracy is None else accuracy, "flops": scored["flops"],
+            "flops_saved": scored["flops_saved"], "params": scored["params"]}
 
 
 def write_outputs(table: SensitivityTable, out: Path, title: str) -> list[Path]:

@@ -1,0 +1,127 @@
+"""Every method that can run in parallel runs on many workers through one shared study (a journal file here; the
+PostgreSQL runs are in tests/test_postgres.py): random search and evolution with an exact global evaluation count,
+a worker killed mid-generation replaced, the sensitivity scan's grid and a benchmark's cells each done once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.run.study import TASK_ATTR, counted, open_storage
+
+SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _trials(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(str(journal))).get_trials()
+
+
+def test_random_search_on_three_workers_counts_every_evaluation_once(cli, tmp_path):
+    (tmp_path / "runs").mkdir()
+    code, out, err = cli(*SEARCH, "--method", "random", "--evals", "9", "--workers", "3", "--storage", "runs/x.log",
+                         "--out", "run")
+    assert code == 0, err
+    trials = _trials(tmp_path / "runs" / "x.log", "digits-demo-0.5flops-random")
+    done = [t for t in trials if counted(t)]
+    assert len(done) == 9 and "9 evaluations recorded" in out
+    samples = {tuple(sorted(t.user_attrs["sample"].items())) for t in done}
+    assert len(samples) == 9  # each trial drew its own sample: no two workers evaluated the same draw
+    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the work was shared
+    assert {t.user_attrs["status"] for t in done} <= {"ok", "stopped"} and any(t.state == TrialState.PRUNED for t in done)
+    rows = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(rows) == 9
+    best = max(t.user_attrs["proxy_acc"] for t in done if t.state == TrialState.COMPLETE)
+    assert json.loads((tmp_path / "run" / "policy.json").read_text())["metrics"]["proxy_acc"] == best
+
+
+def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
+    """Generations are tasks of the study: every child is evaluated once, by whichever worker is free; a worker
+    SIGKILLed while it evaluates a child is replaced, and its child is evaluated again, so the generation completes."""
+    journal = tmp_path / "e.log"
+    command = [sys.executable, "-m", "autoprune", *SEARCH, "--method", "evolution", "--offspring", "4", "--evals", "14",
+               "--workers", "3", "--storage", str(journal), "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and process.poll() is None and time.time() < deadline:
+        if journal.is_file():
+            try:
+                running = [t for t in _trials(journal, "digits-demo-0.5flops-evolution")
+                           if t.state == TrialState.RUNNING and t.user_attrs.get("generation", 0) >= 1
+                           and "worker" in t.user_attrs]
+            except KeyError:  # the study is not created yet
+                running = []
+            if running:
+                killed = running[0]
+                os.kill(int(killed.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+        time.sleep(0.02)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    assert killed is not None, "no child was caught running"
+    trials = _trials(journal, "digits-demo-0.5flops-evolution")
+    done = [t for t in trials if counted(t)]
+    assert len(done) == 14  # exactly the evaluations asked for: 1 start, then generations of 4, 4, 4 and 1
+    tasks = [t.user_attrs[TASK_ATTR] for t in done]
+    assert len(set(tasks)) == 14  # no child evaluated twice
+    generations = pd.Series([t.user_attrs["generation"] for t in done]).value_counts().sort_index().tolist()
+    assert generations == [1, 4, 4, 4, 1]
+    dead = next(t for t in trials if t.number == killed.number)
+    if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again
+        assert "died" in dead.user_attrs["reason"] and not counted(dead)
+        assert dead.user_attrs[TASK_ATTR] in tasks
+    assert len({t.user_attrs["worker"] for t in done}) >= 3  # the replacement worker took part
+    assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 14
+
+
+def test_a_method_that_cannot_run_in_parallel_says_so(fails):
+    line = fails(*SEARCH, "--method", "netadapt", "--workers", "2")
+    assert line == ("autoprune: error: --method netadapt runs in one process, not on --workers 2; methods that run on "
+                    "several workers: random, optuna, evolution")
+
+
+@pytest.mark.slow
+def test_two_commands_fill_the_sensitivity_grid_once(tmp_path):
+    journal = tmp_path / "scan.log"
+    command = [sys.executable, "-m", "autoprune", "sensitivity", "--env", "digits-demo", "--ratios", "0.25,0.5,0.75",
+               "--storage", str(journal), "--quiet"]
+    cache = {**ENV, "AUTOPRUNE_CACHE_DIR": str(tmp_path / "cache")}
+    processes = [subprocess.Popen([*command, "--out", f"out{i}"], cwd=tmp_path, env=cache, stderr=subprocess.PIPE,
+                                  text=True) for i in range(2)]
+    assert [p.wait(timeout=180) for p in processes] == [0, 0], [p.stderr.read() for p in processes]
+    study = optuna.load_study(study_name=None, storage=open_storage(str(journal)))
+    done = [t for t in study.get_trials() if counted(t)]
+    tables = [pd.read_csv(tmp_path / f"out{i}" / "sensitivity.csv") for i in range(2)]
+    units = tables[0]["unit"].nunique()
+    assert len(done) == 1 + 3 * units == len({t.user_attrs[TASK_ATTR] for t in done})  # each point scored once
+    pd.testing.assert_frame_equal(tables[0], tables[1])  # both read the whole grid
+    assert len(list((tmp_path / "cache" / "sensitivity").glob("*.csv"))) == 1
+
+
+@pytest.mark.slow
+def test_two_bench_processes_on_one_storage_run_each_cell_once(tmp_path):
+    command = [sys.executable, "-m", "autoprune", "bench", "--env", "digits-demo", "--budgets", "0.5",
+               "--methods", "uniform,random,evolution", "--seeds", "2", "--evals", "3", "--no-latency",
+               "--finetune-epochs", "0", "--storage", str(tmp_path / "bench.log"), "--quiet"]
+    processes = [subprocess.Popen([*command, "--out", f"m{i}"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE,
+                                  text=True) for i in range(2)]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0], [p.stderr.read() for p in processes]
+    study = optuna.load_study(study_name="bench-digits-demo", storage=open_storage(str(tmp_path / "bench.log")))
+    done = [t for t in study.get_trials() if counted(t)]
+    assert sorted(t.user_attrs[TASK_ATTR] for t in done) == sorted(
+        f"0.5flops {m} seed {s}" for m, s in [("uniform", 0), ("random", 0), ("random", 1), ("evolution", 0),
+                                              ("evolution", 1)])  # 5 cells, each run once
+    ran = [len(list((tmp_path / f"m{i}" / "cells").rglob("*-s*.json"))) for i in range(2)]
+    assert sum(ran) == 5
+    last = max(range(2), key=lambda i: (tmp_path / f"m{i}" / "digits-demo.csv").stat().st_mtime)
+    assert len(pd.read_csv(tmp_path / f"m{last}" / "digits-demo.csv")) == 5  # the report holds both machines' cells
