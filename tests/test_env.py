@@ -191,3 +191,63 @@ def test_the_documented_import_and_gym_id_keep_working():
     env = gymnasium.make("autoprune.env:autoprune/ChannelPruning-v0", env="digits-demo", budget="0.5flops")
     assert isinstance(env.unwrapped, ChannelPruningEnv)
     env.close()
+
+
+@pytest.mark.parametrize("budget", ["0.3flops", "0.5flops", "0.7flops", "0.5params"])
+def test_relative_mode_zero_actions_give_the_uniform_policy(digits, rounded, budget):
+    from autoprune.search.uniform import UniformSearcher
+
+    for exp in (digits, rounded):
+        uniform = UniformSearcher(exp.evaluator, Budget.parse(budget))._ask()
+        env = ChannelPruningEnv(exp.evaluator, budget=budget, action_mode="relative")
+        assert exp.space.kept(env.policy_for(np.zeros(len(exp.space)))) == exp.space.kept(uniform)
+
+
+@pytest.mark.parametrize("mode", ["relative", "project"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(st.floats(-1.0, 1.0), min_size=5, max_size=5), budget=st.sampled_from([0.3, 0.5, 0.8]))
+def test_new_modes_meet_the_budget_whatever_the_actions(rounded, mode, actions, budget):
+    env = ChannelPruningEnv(rounded.evaluator, budget=f"{budget}flops", action_mode=mode)
+    kept = rounded.space.kept(env.policy_for(actions))
+    cost = env.cost(kept)
+    assert cost <= env.limit
+    if mode == "project":  # the budget used up to 1%, or no unit can take one more rounding step
+        grow = [u for u in rounded.space.units if kept[u.name] < u.max_kept]
+        assert cost >= 0.99 * env.limit or all(
+            env.cost({**kept, u.name: min(u.max_kept, kept[u.name] + u.round_to)}) > env.limit for u in grow)
+
+
+@pytest.mark.parametrize("mode", ["amc", "relative", "project"])
+def test_every_action_mode_and_extra_features_pass_the_checkers(digits, mode):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    features = {u.name: [0.1 * i, 0.5] for i, u in enumerate(digits.space.units)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = gymnasium.make(ENV_ID, evaluator=digits.evaluator, budget="0.5flops", action_mode=mode,
+                             unit_features=features)
+        assert env.observation_space.shape == (len(FEATURES) + 2,)
+        _episode(env, [0.3] * len(digits.space))
+        check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_planned_actions_make_the_planned_policy(digits):
+    for mode in ("amc", "relative", "project"):
+        env = ChannelPruningEnv(digits.evaluator, budget="0.5flops", action_mode=mode, seed=4)
+        target = env.draw_warmup()
+        env.reset()
+        info: dict = {}
+        for _ in digits.space.units:
+            info = env.step(env.planned_action())[4]
+        expected = env.project(target) if mode == "project" else target
+        assert digits.space.kept(info["policy"]) == digits.space.kept(expected), mode
+
+
+def test_a_stopped_candidate_rewards_its_estimate(digits):
+    env = ChannelPruningEnv(digits.evaluator, budget="0.5flops")
+    stopped = Candidate(index=0, policy=digits.space.policy_from_kept({u.name: u.channels for u in digits.space.units}),
+                        kept={}, status="stopped", proxy_acc=0.42, flops=1, params=1, fidelity=250)
+    assert env.reward(stopped) == pytest.approx(0.42)

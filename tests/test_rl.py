@@ -26,8 +26,11 @@ def digits() -> Experiment:
 
 
 def test_short_ddpg_search_trains_as_amc_does(digits):
+    from autoprune.search.rl.searcher import AMC_SETTINGS
+
     digits.evaluator.observers.clear()
-    searcher = get_searcher("ddpg")(digits.evaluator, Budget.parse("0.5flops"), evals=8, seed=0, warmup=3)
+    searcher = get_searcher("ddpg")(digits.evaluator, Budget.parse("0.5flops"), evals=8, seed=0, warmup=3,
+                                    **AMC_SETTINGS)
     result = searcher.search()
     steps = len(digits.space)
     assert result.evaluations == 8 and all(c.meta["method"] == "ddpg" and c.meta["within_budget"] for c in result.candidates)
@@ -39,6 +42,7 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
     assert [g["lr"] for g in agent.critic.optimizer.param_groups] == [1e-3]
     assert [m.out_features for m in agent.actor.mu if isinstance(m, torch.nn.Linear)] == [300, 300, 1]
     assert agent.replay_buffer.baseline is not None  # rewards were centred while training
+    assert searcher.env.action_mode == "amc" and agent.warmup_env is None and agent.action_noise.floor == 0
     # the noise is off during the warm-up, then 0.5 decaying by 0.95 per episode
     assert agent.action_noise.steps == 8 * steps  # drawn once per step
     agent.action_noise.steps = 5 * steps
@@ -48,10 +52,10 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
 def test_replay_buffer_centres_terminal_rewards():
     import gymnasium
 
-    from autoprune.search.rl.agents import CenteredReplayBuffer
+    from autoprune.search.rl.agents import NormalisedReplayBuffer
 
     box = gymnasium.spaces.Box(0.0, 1.0, (2,), np.float32)
-    buffer = CenteredReplayBuffer(20, box, gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32), device="cpu")
+    buffer = NormalisedReplayBuffer(20, box, gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32), device="cpu")
     obs, action = np.zeros((1, 2), np.float32), np.zeros((1, 1), np.float32)
     for episode_reward in (0.2, 0.6):
         for step in range(3):
@@ -146,3 +150,102 @@ def test_resume_continues_from_the_saved_agent(cli, tmp_path, monkeypatch):
 def test_unknown_option_for_searcher_is_config_error(digits):
     with pytest.raises(ConfigError, match="--warmup does not apply to --method ppo"):
         get_searcher("ppo")(digits.evaluator, Budget.parse("0.5flops"), evals=4, warmup=1)
+
+
+@pytest.mark.parametrize("norm", ["standard", "rank"])
+def test_replay_buffer_standardises_or_ranks_terminal_rewards(norm):
+    import gymnasium
+
+    from autoprune.search.rl.agents import NormalisedReplayBuffer
+
+    box = gymnasium.spaces.Box(0.0, 1.0, (2,), np.float32)
+    buffer = NormalisedReplayBuffer(40, box, gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32), device="cpu",
+                                    reward_norm=norm)
+    obs, action = np.zeros((1, 2), np.float32), np.zeros((1, 1), np.float32)
+    rewards = [0.20, 0.21, 0.22, 0.25]  # close proxy accuracies, as at a tight budget
+    for episode_reward in rewards:
+        for step in range(3):
+            done = step == 2
+            buffer.add(obs, obs, action, np.array([episode_reward if done else 0.0]), np.array([done]), [{}])
+    assert sorted(buffer.terminal_rewards().ravel().tolist()) == pytest.approx(rewards)
+    seen = buffer.normalise(np.array(rewards))
+    if norm == "standard":
+        assert seen == pytest.approx((np.array(rewards) - np.mean(rewards)) / np.std(rewards), abs=1e-5)
+    else:
+        assert seen == pytest.approx([-1.0, -1 / 3, 1 / 3, 1.0])
+    np.random.seed(0)
+    batch = buffer.sample(200)  # drawn with replacement from the 12 transitions: every one of them
+    terminal = batch.dones.numpy().ravel() > 0.5
+    learned = batch.rewards.numpy().ravel()
+    assert sorted(set(np.round(learned[terminal], 4))) == pytest.approx(sorted(seen), abs=1e-4)  # spread to ~1, not 0.05
+    assert (learned[~terminal] == 0).all()
+
+
+def test_random_warmup_draws_what_random_search_draws(digits):
+    """In project mode a warm-up episode is random search's draw: the same seed proposes the same policies."""
+    digits.evaluator.observers.clear()
+    budget = Budget.parse("0.5flops")
+    agent = get_searcher("ddpg")(digits.evaluator, budget, evals=5, seed=3, warmup=5, action_mode="project",
+                                 warmup_draw="random")
+    warm = [c.kept for c in agent.search().candidates]
+    random = get_searcher("random")(digits.evaluator, budget, evals=5, seed=3)
+    assert warm == [c.kept for c in random.search().candidates]
+    assert len({tuple(k.values()) for k in warm}) == 5
+
+
+@pytest.mark.parametrize("mode", ["amc", "relative", "project"])
+def test_every_mode_learns_within_the_budget(digits, mode):
+    digits.evaluator.observers.clear()
+    budget = Budget.parse("0.4flops")
+    searcher = get_searcher("td3")(digits.evaluator, budget, evals=6, seed=1, warmup=2, action_mode=mode,
+                                   warmup_draw="random", reward_norm="rank", noise_floor=0.2)
+    result = searcher.search()
+    assert result.evaluations == 6 and all(c.meta["within_budget"] for c in result.candidates)
+    assert searcher.agent.action_noise.floor == 0.2 and searcher.agent.replay_buffer.reward_norm == "rank"
+
+
+def test_sensitivity_state_adds_each_units_drops(digits):
+    from autoprune.search.rl.env import FEATURES, SENSITIVITY_RATIOS
+    from autoprune.search.sensitivity_scan import parse_ratios, scan
+
+    digits.evaluator.observers.clear()
+    searcher = get_searcher("sac")(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, warmup=2,
+                                   state="sensitivity")
+    searcher.search()
+    env = searcher.env
+    table = scan(digits.evaluator, parse_ratios("0.1:0.9:0.1"))
+    assert env.observation_space.shape == (len(FEATURES) + len(SENSITIVITY_RATIOS),)
+    first = env.reset()[0]
+    unit = digits.space.units[0]
+    expected = [min(1.0, max(0.0, table.drop(unit.name, unit.kept(r)))) for r in SENSITIVITY_RATIOS]
+    assert first[len(FEATURES):] == pytest.approx(expected, abs=1e-6)
+    assert get_searcher("sac").uses_sensitivity_scan({"state": "sensitivity"})
+
+
+def test_warm_start_fills_the_replay_buffer_with_an_earlier_runs_trials(cli, tmp_path):
+    code, _, err = cli("search", "--budget", "0.5flops", "--method", "random", "--evals", "7", "--out", "earlier",
+                       "--quiet")
+    assert code == 0, err
+    earlier = pd.read_csv(tmp_path / "earlier" / "trials.csv")
+    code, _, err = cli("search", "--budget", "0.5flops", "--method", "ddpg", "--episodes", "2", "--action-mode",
+                       "project", "--warm-start", "earlier", "--out", "run")
+    assert code == 0, err
+    assert "warm start: 7 of 7 earlier candidates in the replay buffer" in err
+    from autoprune.search.rl.agents import AMCDDPG
+
+    agent = AMCDDPG.load(tmp_path / "run" / "agent.zip")
+    agent.load_replay_buffer(tmp_path / "run" / "replay_buffer.pkl")
+    steps = len([c for c in earlier.columns if c.startswith("kept:")])
+    first = agent.replay_buffer.rewards[: 7 * steps].reshape(7, steps)  # the earlier run's candidates, in order
+    assert first[:, -1] == pytest.approx(earlier["proxy_acc"].tolist(), abs=1e-6) and (first[:, :-1] == 0).all()
+    assert agent.replay_buffer.dones[: 7 * steps].reshape(7, steps)[:, -1].all()
+    assert len(agent.replay_buffer.terminal_rewards()) > 7  # then the new episodes
+    assert agent.learning_starts == 0  # the warm-up defaults to none: the earlier run stands in for it
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "ppo", "--warm-start", "x"], "--warm-start"),
+    (["--method", "ddpg", "--warm-start", "no-such-run"], "holds no study.db"),
+])
+def test_bad_warm_start_is_one_line(fails, args, message):
+    assert message in fails("search", "--budget", "0.5flops", *args)

@@ -18,22 +18,58 @@ FULL_FIDELITY = "@full"
 """Spec suffix of a racing method run with racing off (every candidate scored on every proxy image): ``random@full``."""
 
 
+OPTIONS_SEPARATOR = ":"
+"""Spec separator of a method's own options: ``ddpg:action-mode=amc,warmup-draw=actions`` (each a flag of the method
+without its dashes; an ablation's variants)."""
+
+
 def full_fidelity(spec: str) -> tuple[str, bool]:
-    """``random@full`` -> (``random``, True); ``random`` -> (``random``, False)."""
-    return (spec[: -len(FULL_FIDELITY)], True) if spec.endswith(FULL_FIDELITY) else (spec, False)
+    """``random@full`` -> (``random``, True); ``random`` -> (``random``, False) (options after ``:`` are set aside)."""
+    head, sep, tail = spec.partition(OPTIONS_SEPARATOR)
+    if head.endswith(FULL_FIDELITY):
+        return head[: -len(FULL_FIDELITY)] + sep + tail, True
+    return spec, False
+
+
+def spec_options(spec: str) -> dict[str, Any]:
+    """The method options a spec sets after ``:`` (``ddpg:action-mode=amc`` -> ``{"action_mode": "amc"}``), typed and
+    checked against the method's options.
+
+    Raises:
+        ConfigError: for an option the method does not take, a malformed item, or a bad value.
+    """
+    head, _, tail = spec.partition(OPTIONS_SEPARATOR)
+    if not tail:
+        return {}
+    cls = get_searcher(parse_method(head)[0])
+    options: dict[str, Any] = {}
+    for item in tail.split(","):
+        flag, eq, text = item.partition("=")
+        option = next((o for o in cls.options if o.cli_flag == "--" + flag), None)
+        if not eq or option is None:
+            known = ", ".join(o.cli_flag[2:] for o in cls.options)
+            raise ConfigError(f"{spec!r}: write {cls.name}{OPTIONS_SEPARATOR}<option>=<value>,... with options of "
+                              f"{cls.name} ({known})")
+        if option.choices and text not in option.choices:
+            raise ConfigError(f"{spec!r}: {flag} is one of {', '.join(option.choices)}")
+        try:
+            options[option.name] = option.type(text)
+        except ValueError:
+            raise ConfigError(f"{spec!r}: {flag}={text!r} is not a valid value") from None
+    return options
 
 
 def parse_method(spec: str) -> tuple[str, str | None, str | None]:
     """A method spec -> (method, variant, prior). ``optuna-tpe`` -> (``optuna``, ``tpe``, None): a method whose
     ``variant_option`` is set (Optuna's sampler) is named with its value; ``ddpg+sensitivity`` -> (``ddpg``, None,
     ``sensitivity``): the searcher with ``--prior sensitivity``. A racing method's spec may end in ``@full``
-    (racing off, see :func:`full_fidelity`).
+    (racing off, see :func:`full_fidelity`), and then set the method's own options (see :func:`spec_options`).
 
     Raises:
         ConfigError: for an unknown method, variant or prior, a prior on a method that takes none, or ``@full`` on
             a method that does not race.
     """
-    stem, full = full_fidelity(spec)
+    stem, full = full_fidelity(spec.partition(OPTIONS_SEPARATOR)[0])
     method, variant, prior = _parse_stem(stem, spec)
     if full and not get_searcher(method).races:
         raise ConfigError(f"{spec!r}: {FULL_FIDELITY} (racing off) applies to {', '.join(methods_where('races'))}")
@@ -108,6 +144,7 @@ class BenchSettings:
                               f"off for that method), got {self.racing!r}")
         for spec in self.methods:
             cls = get_searcher(parse_method(spec)[0])
+            spec_options(spec)
             for text in self.budgets:
                 if cls.exact_cost_only and get_metric(Budget.parse(text).metric).measured:
                     raise ConfigError(f"{spec} cannot search the latency budget {text} (it needs exact costs); "
@@ -161,6 +198,7 @@ class BenchSettings:
         cls = get_searcher(method)
         options: dict[str, Any] = {} if prior is None else {"prior": prior}
         options.update(cls.benchmark_options(Budget.parse(budget), self.evals, units))
+        options.update(spec_options(spec))
         fields: dict[str, Any] = {}
         if cls.races and (self.racing == "off" or full_fidelity(spec)[1]):
             fields["racing"] = "off"
