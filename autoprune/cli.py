@@ -413,12 +413,12 @@ FULL = {"seeds": 3, "evals": 300, "finetune_epochs": 0, "finetune_images": None}
 def cmd_bench(args: argparse.Namespace) -> int:
     """``autoprune bench``: run the missing cells of a method x budget x seed matrix, then write the report."""
     from autoprune.bench.harness import benchmark
-    from autoprune.bench.settings import BenchSettings, parse_budgets
+    from autoprune.bench.settings import BenchSettings, parse_budgets, parse_methods
 
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
     settings = BenchSettings(
         env=_config(args).to_dict(), budgets=parse_budgets(args.budgets),
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), **sizes,
+        methods=parse_methods(args.methods), **sizes,
         latency=not args.no_latency, device=_device(args.device), threads=args.threads, data_dir=args.data_dir,
         name=args.name, out=args.out, racing=args.racing,
     )

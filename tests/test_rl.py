@@ -249,3 +249,20 @@ def test_warm_start_fills_the_replay_buffer_with_an_earlier_runs_trials(cli, tmp
 ])
 def test_bad_warm_start_is_one_line(fails, args, message):
     assert message in fails("search", "--budget", "0.5flops", *args)
+
+
+def test_benchmark_specs_set_an_agents_options_for_an_ablation():
+    from autoprune.bench.settings import BenchSettings, parse_method, parse_methods, spec_options
+    from autoprune.presets import load_env
+
+    specs = parse_methods("random, sac:action-mode=amc,warmup-draw=actions,ddpg+sensitivity:noise-floor=0.1")
+    assert specs == ("random", "sac:action-mode=amc,warmup-draw=actions", "ddpg+sensitivity:noise-floor=0.1")
+    assert parse_method(specs[1]) == ("sac", None, None) and parse_method(specs[2]) == ("ddpg", None, "sensitivity")
+    assert spec_options(specs[1]) == {"action_mode": "amc", "warmup_draw": "actions"}
+    settings = BenchSettings(env=load_env("digits-demo").to_dict(), budgets=("0.5flops",), methods=specs, evals=30)
+    search = settings.search_settings("0.5flops", specs[2], 0)
+    assert search.method_options == {"prior": "sensitivity", "warmup": 10, "noise_floor": 0.1}
+    for bad, message in [("sac:noise-floor=0.1", "options of sac"), ("ddpg:action-mode=free", "one of amc"),
+                         ("ddpg:noise-floor=x", "not a valid value"), ("random:action-mode=amc", "options of random")]:
+        with pytest.raises(ConfigError, match=message):
+            spec_options(bad)

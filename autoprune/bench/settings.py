@@ -23,6 +23,18 @@ OPTIONS_SEPARATOR = ":"
 without its dashes; an ablation's variants)."""
 
 
+def parse_methods(text: str) -> tuple[str, ...]:
+    """A comma list of method specs; an item ``flag=value`` continues the options of the spec before it
+    (``random,ddpg:action-mode=amc,warmup-draw=actions`` -> ``random`` and ``ddpg:action-mode=amc,warmup-draw=actions``)."""
+    specs: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item and "=" in item and OPTIONS_SEPARATOR not in item and specs:
+            specs[-1] += "," + item
+        elif item:
+            specs.append(item)
+    return tuple(specs)
+
+
 def full_fidelity(spec: str) -> tuple[str, bool]:
     """``random@full`` -> (``random``, True); ``random`` -> (``random``, False) (options after ``:`` are set aside)."""
     head, sep, tail = spec.partition(OPTIONS_SEPARATOR)
