@@ -224,3 +224,33 @@ def test_workers_share_a_matrix_through_cell_claims(tmp_path):
     assert [c["method"] for c in cells] == ["uniform", "optuna-tpe"]
     assert not held.is_file() and held.with_name(held.name + ".lock").is_file()
     assert not stale.with_name(stale.name + ".lock").exists()  # released after the cell
+
+
+def test_workers_study_reports_speed_up_and_quality():
+    from autoprune.bench.studies.workers import report_lines
+
+    cell = {"method": "random", "proxy_acc": 0.5, "report_acc": 0.4}
+    cells = [{**cell, "workers": 1, "seed": 0, "seconds": 100.0}, {**cell, "workers": 1, "seed": 1, "seconds": 110.0},
+             {**cell, "workers": 2, "seed": 0, "seconds": 50.0, "proxy_acc": 0.52},
+             {**cell, "workers": 2, "seed": 1, "seconds": 60.0, "proxy_acc": 0.52}]
+    lines = report_lines(cells, [1, 2])
+    assert lines[2] == "| random | 1 | 2 | 105.0 ± 7.1 | 1.00x | 1.00 ± 0.00x | 50.00 ± 0.00 | 40.00 ± 0.00 | — |"
+    assert lines[3] == "| random | 2 | 2 | 55.0 ± 7.1 | 1.91x | 1.92 ± 0.12x | 52.00 ± 0.00 | 40.00 ± 0.00 | no |"
+
+
+@pytest.mark.slow
+def test_workers_study_end_to_end_on_digits(tmp_path, monkeypatch, capsys):
+    from autoprune.bench.studies.workers import main as workers
+
+    monkeypatch.chdir(tmp_path)
+    assert workers(["--env", "digits-demo", "--evals", "4", "--seeds", "1", "--methods", "random", "--cells", "cells"]) == 0
+    cells = sorted((tmp_path / "cells" / "workers-digits-demo" / "0.5flops").glob("*.json"))
+    assert [c.name for c in cells] == ["random-w1-e4-s0.json", "random-w2-e4-s0.json"]
+    for path in cells:
+        cell = json.loads(path.read_text())
+        assert cell["evals"] == 4 and 0 < cell["seconds"] <= cell["wall_seconds"] and cell["report_acc"] > 0.5
+    report = (tmp_path / "results" / "workers-digits-demo.md").read_text()
+    assert "| random | 2 | 1 |" in report and "goal: at least 1.7x" in report
+    before = cells[0].stat().st_mtime
+    assert workers(["--env", "digits-demo", "--evals", "4", "--seeds", "1", "--methods", "random", "--cells", "cells"]) == 0
+    assert cells[0].stat().st_mtime == before  # finished cells are skipped

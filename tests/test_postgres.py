@@ -83,3 +83,21 @@ def test_workers_starting_at_once_on_a_new_database_all_open_it(postgres):
     workers = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [(w.wait(timeout=120), w.stderr.read()) for w in workers]
     assert all(status == 0 for status, _ in results), results
+
+
+@pytest.mark.parametrize("method, options", [("random", []), ("evolution", ["--offspring", "4"])])
+def test_random_and_evolution_on_three_workers_count_every_evaluation_once(postgres, cli, tmp_path, method, options):
+    url = postgres.create_database(f"workers_{method}")
+    code, out, err = cli("search", "--env", "digits-demo", "--budget", "0.5flops", "--method", method, *options,
+                         "--evals", "13", "--workers", "3", "--storage", url, "--out", "run", "--quiet")
+    assert code == 0, err
+    trials = optuna.load_study(study_name=f"digits-demo-0.5flops-{method}", storage=url).get_trials()
+    done = [t for t in trials if counted(t)]
+    assert len(done) == 13 and "13 evaluations recorded" in out
+    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the work was shared
+    if method == "random":  # each trial its own draw
+        assert len({tuple(sorted(t.user_attrs["sample"].items())) for t in done}) == 13
+    else:  # each child once: 1 start, then generations of 4
+        assert len({t.user_attrs["task"] for t in done}) == 13
+        assert sorted(t.user_attrs["generation"] for t in done) == [0] + [1] * 4 + [2] * 4 + [3] * 4
+    assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 13

@@ -133,10 +133,10 @@ class StudySearcher(Searcher):
         return values[0] if len(values) == 1 else values
 
     def pause(self) -> None:
-        """Wait one poll for other workers, settling dead workers' trials (this host's at once, others' by the
-        storage's heartbeat)."""
+        """Wait one poll for other workers, settling dead workers' trials: by the storage's heartbeat where it has
+        one, else at once for this host's."""
         time.sleep(self.poll_s)
-        if self.storage is not None:
-            reap_dead_trials(self.study, self.storage)  # type: ignore[arg-type]
         if self.wait_for_running:
             optuna.storages.fail_stale_trials(self.study)  # type: ignore[arg-type]
+        elif self.storage is not None:
+            reap_dead_trials(self.study, self.storage)  # type: ignore[arg-type]
