@@ -107,7 +107,8 @@ METRICS: dict[str, BudgetMetric] = {}
 """Every registered metric by name, in registration order."""
 
 RESERVED_COLUMNS = frozenset({"trial", "method", "status", "within_budget", "proxy_acc", "cached", "reason", "ratios",
-                              "kept", "evaluation", "sample", "worker", "surplus", "chosen"})
+                              "kept", "evaluation", "sample", "worker", "surplus", "chosen",
+                              "task"})
 """Names of ``trials.csv`` columns and study attributes that a metric's column must not take."""
 
 
