@@ -87,11 +87,14 @@ def _options(settings: tuple[str, ...]) -> tuple[SearchOption, ...]:
 class RLSearcher(Searcher):
     """Trains a stable-baselines3 agent on :class:`~autoprune.search.rl.env.ChannelPruningEnv`, one evaluation per episode.
 
-    Defaults follow AMC: 100 warm-up episodes of random actions, Gaussian exploration noise of scale
-    0.5 (in the action's ``[-1, 1]`` units) decaying by 0.95 per episode after the warm-up, 300-300
-    actor and critic, learning rates 1e-4 (actor) and 1e-3 (critic), tau 0.01, batch 64, gamma 1,
-    rewards centred by a moving-average baseline, one gradient step per transition after each episode.
-    Options an agent does not use (noise for SAC and PPO, warm-up for PPO, ...) are rejected.
+    The network and training settings follow AMC: 100 warm-up episodes, Gaussian exploration noise of
+    scale 0.5 (in the action's ``[-1, 1]`` units) decaying by 0.95 per episode after the warm-up,
+    300-300 actor and critic, learning rates 1e-4 (actor) and 1e-3 (critic), tau 0.01, batch 64, gamma
+    1, one gradient step per transition after each episode. autoprune's defaults differ from AMC in
+    four settings, measured in the benchmark reports: ``project`` actions, warm-up episodes drawn as
+    random search draws its policies, rewards standardised over the replay buffer, and a noise floor
+    of 0.3 (:data:`AMC_SETTINGS` restores AMC's). Options an agent does not use (noise for SAC and
+    PPO, warm-up for PPO, ...) are rejected.
 
     Args:
         evaluator: the shared Evaluator.
