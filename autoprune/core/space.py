@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -219,6 +220,10 @@ class SearchSpace:
     def kept(self, policy: Mapping[str, float]) -> dict[str, int]:
         """Kept channels per unit; units the policy leaves out stay dense."""
         return {u.name: u.kept(policy.get(u.name, 0.0)) for u in self.units}
+
+    def sample_ratios(self, rng: np.random.Generator) -> dict[str, float]:
+        """Each unit's ratio drawn uniformly in its bounds (random search's draw, before projection)."""
+        return {u.name: float(rng.uniform(u.min_ratio, u.max_ratio)) for u in self.units}
 
     def policy_from_kept(self, kept: Mapping[str, int]) -> Policy:
         """The policy whose rounding gives exactly ``kept`` channels."""

@@ -29,7 +29,7 @@ class RandomSearcher(StudySearcher):
         """The next policy, not evaluated: a sample of every unit's ratio (drawn from ``rng``, default the searcher's
         stream) projected onto the budget, with the sample."""
         rng = rng or self.rng
-        sample = {u.name: float(rng.uniform(u.min_ratio, u.max_ratio)) for u in self.space.units}
+        sample = self.space.sample_ratios(rng)
         return self.project(sample), {"sample": sample}
 
     def _ask(self) -> tuple[Policy, dict[str, Any]]:

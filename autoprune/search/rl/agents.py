@@ -257,7 +257,7 @@ def fill_replay(agent: BaseAlgorithm, episodes: Sequence[Sequence[tuple[np.ndarr
             done = i == len(steps) - 1
             buffer.add(observation[None], following[None], np.asarray(action)[None], np.array([reward]),
                        np.array([done]), [{}])
-    return min(len(episodes), buffer.buffer_size // max(1, len(episodes[0]) if episodes else 1))
+    return min(len(episodes), buffer.buffer_size // len(episodes[0])) if episodes else 0
 
 
 def save_agent(agent: BaseAlgorithm, run_dir: Path) -> None:

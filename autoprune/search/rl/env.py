@@ -170,7 +170,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         Each unit's ratio is uniform in its bounds; the ``amc`` and ``relative`` modes plan the draw's
         projection onto the budget, ``project`` the draw itself (the episode's end projects it).
         """
-        sample = {u.name: float(self._draws.uniform(u.min_ratio, u.max_ratio)) for u in self.units}
+        sample = self.space.sample_ratios(self._draws)
         target = sample if self.action_mode == "project" else dict(self.project(sample))
         self.plan(target)
         return target
