@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     """Generations are tasks of the study: every child is evaluated once, by whichever worker is free; a worker
     SIGKILLed while it evaluates a child is replaced, and its child is evaluated again, so the generation completes."""
     journal = tmp_path / "e.log"
-    command = [sys.executable, "-m", "autoprune", *SEARCH, "--method", "evolution", "--offspring", "4", "--evals", "14",
+    loud = [a for a in SEARCH if a != "--quiet"]  # the supervisor's status lines say when it replaces a worker
+    command = [sys.executable, "-m", "autoprune", *loud, "--method", "evolution", "--offspring", "4", "--evals", "14",
                "--workers", "3", "--storage", str(journal), "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
@@ -80,7 +82,8 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again
         assert "died" in dead.user_attrs["reason"] and not counted(dead)
         assert dead.user_attrs[TASK_ATTR] in tasks
-    assert len({t.user_attrs["worker"] for t in done}) >= 3  # the replacement worker took part
+    # the killed worker was replaced (whether the replacement still finds a child to claim depends on timing)
+    assert re.search(r"worker \d was killed by SIGKILL; starting another", err), err
     assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 14
 
 
