@@ -94,7 +94,6 @@ def test_random_and_evolution_on_three_workers_count_every_evaluation_once(postg
     trials = optuna.load_study(study_name=f"digits-demo-0.5flops-{method}", storage=url).get_trials()
     done = [t for t in trials if counted(t)]
     assert len(done) == 13 and "13 evaluations recorded" in out
-    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the work was shared
     if method == "random":  # each trial its own draw
         assert len({tuple(sorted(t.user_attrs["sample"].items())) for t in done}) == 13
     else:  # each child once: 1 start, then generations of 4

@@ -38,12 +38,50 @@ def test_random_search_on_three_workers_counts_every_evaluation_once(cli, tmp_pa
     assert len(done) == 9 and "9 evaluations recorded" in out
     samples = {tuple(sorted(t.user_attrs["sample"].items())) for t in done}
     assert len(samples) == 9  # each trial drew its own sample: no two workers evaluated the same draw
-    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the work was shared
     assert {t.user_attrs["status"] for t in done} <= {"ok", "stopped"} and any(t.state == TrialState.PRUNED for t in done)
     rows = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert len(rows) == 9
     best = max(t.user_attrs["proxy_acc"] for t in done if t.state == TrialState.COMPLETE)
     assert json.loads((tmp_path / "run" / "policy.json").read_text())["metrics"]["proxy_acc"] == best
+
+
+CLAIMER = """
+import sys, time
+from pathlib import Path
+import optuna
+from autoprune.run.study import claim, done_tasks, drop, enqueue_tasks, open_storage, waiting_params
+journal, go, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+study = optuna.load_study(study_name="tasks", storage=open_storage(journal))
+while not go.exists():
+    time.sleep(0.005)
+enqueue_tasks(study, {f"t{i}": ({"x": float(i)}, {}) for i in range(n)})  # every worker enqueues the same tasks
+def work(trial):
+    if waiting_params(trial) is None:
+        drop(trial, "nothing waiting")
+    time.sleep(0.05)
+    return trial.suggest_float("x", 0.0, 100.0)  # the enqueued value
+while len(done_tasks(study.get_trials(deepcopy=False))) < n:
+    claim(study, work)
+"""
+
+
+def test_workers_racing_for_the_same_tasks_evaluate_each_once(tmp_path):
+    """Three processes released at the same moment each enqueue the same 12 tasks and claim until all are done:
+    every task is evaluated exactly once, and more than one worker did the work."""
+    journal, go = tmp_path / "tasks.log", tmp_path / "go"
+    optuna.create_study(study_name="tasks", storage=open_storage(str(journal)))
+    workers = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(journal), str(go), "12"], env=ENV,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    time.sleep(3)  # every worker has imported and waits for the signal
+    go.touch()
+    results = [(w.wait(timeout=120), w.stderr.read()) for w in workers]
+    assert all(status == 0 for status, _ in results), results
+    trials = _trials(journal, "tasks")
+    done = [t for t in trials if counted(t)]
+    assert sorted(t.user_attrs[TASK_ATTR] for t in done) == sorted(f"t{i}" for i in range(12))
+    assert all(t.params["x"] == float(t.user_attrs[TASK_ATTR][1:]) for t in done)  # each ran its own task
+    assert len({t.user_attrs["worker"] for t in done}) >= 2
+    assert all(t.user_attrs["reason"] for t in trials if not counted(t))  # copies and empty claims: dropped
 
 
 def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
