@@ -1,0 +1,178 @@
+"""Which proxy ranks policies the way fine-tuning does? Policies of one search, their proxies, a short fine-tune.
+
+Usage::
+
+    AUTOPRUNE_WEIGHTS_DIR=../shared/weights/cifar10 AUTOPRUNE_DATA_DIR=../shared/data \\
+        python -m autoprune.bench.studies.proxy_fidelity --env resnet20-cifar10 --weights resnet20-12fca82f-jpeg.th \\
+        --run runs/random-0.5flops --policies 24 --epochs 2 --device cuda --jobs 4
+
+Takes ``--policies`` finished, within-budget candidates of a search run (its ``trials.csv``), evenly spaced in the
+rank of their proxy accuracy so that they span the range, measures every proxy of
+:data:`~autoprune.bench.finetune_cells.PROXIES` for each (BN-recalibrated accuracy on the 1,000 proxy images and on
+their first 250, agreement with the dense network, accuracy after reconstruction), fine-tunes each briefly with the
+fine-tuning study's recipe, and reports the Spearman rank correlation of each proxy with the accuracy after
+fine-tuning (with its p-value and a bootstrap 95% interval), and a scatter plot per proxy. Cells are resumable like
+the fine-tuning study's. Writes ``<out>/<env>-proxy-fidelity.md`` and ``-proxy-fidelity.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from autoprune.bench.finetune_cells import PROXIES, CellSpec, finished, run_cells
+from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.bench.studies.finetune import check_identity
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.finetune.trainer import FinetuneSettings
+from autoprune.plotting import pyplot, save_figure
+from autoprune.presets import load_env
+
+PROXY_LABELS = {"proxy_acc": "accuracy, 1,000 proxy images (the search's)", "proxy_acc_250": "accuracy, first 250",
+                "agreement": "agreement with the dense network", "reconstruct_acc": "accuracy after reconstruction"}
+
+
+def pick_policies(trials: pd.DataFrame, count: int) -> pd.DataFrame:
+    """``count`` finished, within-budget, distinct trials evenly spaced in the rank of their proxy accuracy (the
+    worst and the best included).
+
+    Raises:
+        ConfigError: if the run has fewer such trials.
+    """
+    ok = trials[(trials["status"] == "ok") & (trials["within_budget"].astype(str) == "True")]
+    kept = [c for c in trials.columns if c.startswith("kept:")]
+    ok = ok.drop_duplicates(subset=kept).sort_values("proxy_acc", kind="stable").reset_index(drop=True)
+    if len(ok) < count:
+        raise ConfigError(f"the run has {len(ok)} distinct finished candidates within the budget, fewer than "
+                          f"--policies {count}; pass a run with more evaluations or fewer --policies")
+    rows = np.unique(np.linspace(0, len(ok) - 1, count).round().astype(int))
+    return ok.iloc[rows].reset_index(drop=True)
+
+
+def fidelity_cells(picked: pd.DataFrame, recipe: FinetuneSettings) -> list[CellSpec]:
+    """One cell per picked trial (named after it), proxies measured before the fine-tune."""
+    kept = [c for c in picked.columns if c.startswith("kept:")]
+    return [CellSpec(f"trial-{int(row['trial']):04d}", {c.partition(":")[2]: int(row[c]) for c in kept}, recipe,
+                     {"trial": int(row["trial"]), "search_proxy_acc": float(row["proxy_acc"])}, proxies=True)
+            for _, row in picked.iterrows()]
+
+
+def rank_correlations(records: list[dict[str, Any]], target: str = "report_acc", resamples: int = 2000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Per proxy: Spearman's rho with ``target`` over the records, its p-value and a bootstrap 95% interval."""
+    y = np.array([r[target] for r in records])
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(y), len(y)) for _ in range(resamples)]
+    rows = []
+    for proxy in PROXIES:
+        x = np.array([r[proxy] for r in records])
+        rho, p = stats.spearmanr(x, y)
+        boot = [stats.spearmanr(x[d], y[d])[0] for d in draws if len(set(x[d])) > 1 and len(set(y[d])) > 1]
+        low, high = np.nanpercentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+        rows.append({"proxy": proxy, "rho": float(rho), "p": float(p), "low": float(low), "high": float(high)})
+    return pd.DataFrame(rows)
+
+
+def plot_scatter(records: list[dict[str, Any]], table: pd.DataFrame, path: Path, title: str) -> Path:
+    """One panel per proxy: the proxy against accuracy after the short fine-tune."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(PROXIES), figsize=(4.2 * len(PROXIES), 4), squeeze=False)
+    y = [100 * r["report_acc"] for r in records]
+    for ax, (_, row) in zip(axes[0], table.iterrows()):
+        ax.scatter([100 * r[row["proxy"]] for r in records], y, s=18)
+        ax.set_xlabel(f"{PROXY_LABELS[row['proxy']]} (%)", fontsize=8)
+        ax.set_title(f"Spearman {row['rho']:.3f}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("report accuracy after fine-tuning (%)")
+    return save_figure(fig, path, title)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study's missing cells (unless ``--report-only``) and write its report."""
+    parser = argparse.ArgumentParser(prog="python -m autoprune.bench.studies.proxy_fidelity")
+    parser.add_argument("--env", default="resnet20-cifar10")
+    parser.add_argument("--weights", default="resnet20-12fca82f-jpeg.th")
+    parser.add_argument("--run", required=True, help="a search run directory (its trials.csv)")
+    parser.add_argument("--policies", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images "
+                        "(default: the whole train split)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--stop-after", type=float, help="claim no new cell after this many seconds")
+    parser.add_argument("--cells", help="folder of the study's cells (default results/benchmarks/cells/<env>-proxy-fidelity)")
+    parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, argv)
+    except AutopruneError as e:
+        print(f"autoprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    config = load_env(args.env)
+    config.weights = args.weights
+    trials_csv = Path(args.run) / "trials.csv"
+    if not trials_csv.is_file():
+        raise ConfigError(f"--run {args.run!r} has no trials.csv; pass the folder of a finished `autoprune search`")
+    if args.policies < 3:
+        raise ConfigError(f"--policies must be >= 3 for a rank correlation, got {args.policies}")
+    recipe = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                              train_images=args.train_images)
+    recipe.check()
+    cells = Path(args.cells or f"results/benchmarks/cells/{args.env}-proxy-fidelity")
+    check_identity(cells, {"env": args.env, "weights": args.weights, "run": Path(args.run).name,
+                           "policies": args.policies, "recipe": recipe.__dict__})
+    specs = fidelity_cells(pick_policies(pd.read_csv(trials_csv), args.policies), recipe)
+    if not args.report_only:
+        run_cells(config, specs, cells, args.device, args.jobs, args.stop_after, not args.quiet, "proxy-fidelity study")
+    records = finished(cells, specs)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if len(records) < 3:
+        raise ConfigError(f"{len(records)} finished cells in {cells}; a rank correlation needs 3 or more")
+    table = rank_correlations(records)
+    best = table.loc[table["rho"].idxmax()]
+    name = f"{args.env}-proxy-fidelity"
+    plot = plot_scatter(records, table, Path(args.out) / f"{name}.png",
+                        f"{config.model}: proxies against accuracy after {args.epochs} epochs of fine-tuning")
+    acc = [100 * r["report_acc"] for r in records]
+    lines = [f"# Which proxy ranks policies best? {config.model} on {config.dataset}", ""]
+    lines += machine_header([Path(sys.executable).name, "-m", "autoprune.bench.studies.proxy_fidelity", *(argv or sys.argv[1:])])
+    lines += [
+        f"- cells measured on: {'; '.join(sorted({c['machine'] for c in records}))}",
+        f"- {len(records)} of {len(specs)} policies: candidates of the search `{Path(args.run).name}` (finished, within "
+        f"budget, distinct), evenly spaced in the rank of their proxy accuracy "
+        f"({100 * min(r['proxy_acc'] for r in records):.1f}% to {100 * max(r['proxy_acc'] for r in records):.1f}%)",
+        f"- each fine-tuned {args.epochs} epochs (SGD lr {recipe.lr} cosine, momentum {recipe.momentum}, weight decay "
+        f"{recipe.weight_decay}, batch {recipe.batch_size}, crop and flip, "
+        f"{f'{recipe.train_images} train images' if recipe.train_images else 'whole train split'}, seed 0), then scored on the "
+        f"report split: {min(acc):.2f}% to {max(acc):.2f}%",
+        "",
+        "| proxy | Spearman rho with accuracy after fine-tuning | 95% bootstrap interval | p |",
+        "|---|---:|---:|---:|",
+        *(f"| {PROXY_LABELS[r['proxy']]} | {r['rho']:.3f} | {r['low']:.3f} to {r['high']:.3f} | {r['p']:.2g} |"
+          for _, r in table.iterrows()),
+        "",
+        f"**Answer:** {PROXY_LABELS[best['proxy']]} ranks policies best (Spearman {best['rho']:.3f} with accuracy "
+        f"after {args.epochs} epochs of fine-tuning, over {len(records)} policies).",
+        "",
+        f"![proxies against accuracy after fine-tuning]({plot.name})",
+        "",
+    ]
+    write_markdown(args.out, f"{name}.md", lines, echo=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

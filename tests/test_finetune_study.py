@@ -1,0 +1,153 @@
+"""The fine-tuning study and the proxy-fidelity study on the digits demo: cells saved, resumed without rerunning
+finished ones, refused with other settings; rank correlations computed right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from autoprune.bench.finetune_cells import PROXIES, CellRunner, CellSpec
+from autoprune.bench.studies import finetune, proxy_fidelity
+from autoprune.bench.studies.proxy_fidelity import pick_policies, rank_correlations
+from autoprune.experiment import build_experiment
+from autoprune.finetune.trainer import Finetuner, FinetuneSettings
+from autoprune.presets import load_env
+
+TINY = ["--env", "digits-demo", "--weights", "builtin", "--budget", "0.5flops", "--evals", "10", "--epochs", "2",
+        "--train-images", "200", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def search_cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Search cells as `autoprune bench` saves them: uniform (one seed), random and CMA-ES (two)."""
+    folder = tmp_path_factory.mktemp("search") / "cells"
+    (folder / "0.5flops").mkdir(parents=True)
+    space = build_experiment("digits-demo").space
+    channels = {u.name: u.channels for u in space.units}
+    policies = {"uniform-e10-s0": 0.5, "random-e10-s0": 0.4, "random-e10-s1": 0.6, "optuna-cmaes-e10-s0": 0.45,
+                "optuna-cmaes-e10-s1": 0.55}
+    for name, keep in policies.items():
+        kept = {u: max(1, round(keep * c)) for u, c in channels.items()}
+        (folder / "0.5flops" / f"{name}.json").write_text(json.dumps(
+            {"method": name.rpartition("-e10")[0], "kept": kept, "channels": channels, "proxy_acc": keep, "report_acc": keep}))
+    return folder
+
+
+def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search_cells, tmp_path, capsys):
+    cells, out = tmp_path / "ft", tmp_path / "out"
+    argv = [*TINY, "--methods", "uniform,random,optuna-cmaes", "--seeds", "2", "--search-cells", str(search_cells),
+            "--cells", str(cells), "--out", str(out)]
+    assert finetune.main(argv) == 0
+    saved = sorted(p.name for p in cells.glob("*.json") if p.name != "study.json")
+    assert saved == sorted(f"{m}-{loss}-s{s}.json" for m in ("dense", "uniform", "random", "optuna-cmaes") for loss in ("ce", "kd")
+                           for s in (0, 1))
+    records = {p.stem: json.loads(p.read_text()) for p in cells.glob("*-s*.json")}
+    for name, r in records.items():
+        assert len(r["epochs"]) == 2 and [e["epoch"] for e in r["epochs"]] == [1, 2]
+        assert 0 <= r["before_report_acc"] <= 1 and r["report_acc"] == r["epochs"][-1]["report_acc"]
+        assert r["distill"] == name.endswith(("kd-s0", "kd-s1")) and r["settings"]["seed"] == r["seed"]
+        assert r["settings"]["train_images"] == 200 and r["settings"]["epochs"] == 2
+    # the dense control keeps every channel; uniform is one policy for both seeds, random one per seed
+    assert records["dense-ce-s0"]["flops"] == records["dense-ce-s0"]["dense_flops"]
+    assert records["uniform-ce-s0"]["kept"] == records["uniform-kd-s1"]["kept"]
+    assert records["random-ce-s0"]["kept"] != records["random-ce-s1"]["kept"]
+    assert records["random-ce-s1"]["source"] == "random-e10-s1.json"
+    assert records["uniform-ce-s0"]["flops"] < 0.6 * records["uniform-ce-s0"]["dense_flops"]
+    report = (out / "digits-demo-finetune.md").read_text()
+    assert "| uniform |" in report and "| dense |" in report and "| optuna-cmaes | " in report
+    assert "**Answer (with cross-entropy):** the best searched policy after fine-tuning, optuna-cmaes," in report
+    assert (out / "digits-demo-finetune-curves.png").stat().st_size > 10_000
+
+    (cells / "random-kd-s1.json").unlink()
+    before = {p.name: p.read_text() for p in cells.glob("*.json")}
+    assert finetune.main(argv) == 0
+    after = {p.name: p.read_text() for p in cells.glob("*.json")}
+    assert after.keys() == before.keys() | {"random-kd-s1.json"}
+    assert all(after[n] == before[n] for n in before)  # finished cells were not run again
+    assert json.loads(after["random-kd-s1.json"])["report_acc"] > 0
+
+    capsys.readouterr()
+    assert finetune.main([*argv, "--lr", "0.05"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune: error: the cells in") and "lr" in err and "\n" not in err
+
+
+def test_finetune_study_names_missing_search_cells(search_cells, tmp_path, capsys):
+    code = finetune.main([*TINY, "--methods", "uniform,evolution", "--search-cells", str(search_cells),
+                          "--cells", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no search cell evolution-e10-s0.json, evolution-e10-s1.json" in err
+    assert "\n" not in err and not (tmp_path / "o").exists()
+
+
+def test_rank_correlations_against_scipy():
+    rng = np.random.default_rng(3)
+    after = rng.uniform(0.5, 0.9, 12)
+    noisy = after + rng.normal(0, 0.05, 12)
+    records = [{"report_acc": a, "proxy_acc": a, "proxy_acc_250": n, "agreement": -a, "reconstruct_acc": 0.5 + 0.01 * i}
+               for i, (a, n) in enumerate(zip(after, noisy))]
+    table = rank_correlations(records).set_index("proxy")
+    assert table.loc["proxy_acc", "rho"] == pytest.approx(1.0) and table.loc["agreement", "rho"] == pytest.approx(-1.0)
+    assert table.loc["proxy_acc_250", "rho"] == pytest.approx(stats.spearmanr(noisy, after)[0])
+    assert table.loc["reconstruct_acc", "rho"] == pytest.approx(stats.spearmanr(range(12), after)[0])
+    assert (table["low"] <= table["rho"] + 1e-9).all() and (table["rho"] <= table["high"] + 1e-9).all()
+
+
+def test_picked_policies_span_the_proxy_range():
+    trials = pd.DataFrame({"trial": range(10), "status": ["ok"] * 9 + ["fail"], "within_budget": [True] * 8 + [False] * 2,
+                           "proxy_acc": [0.3, 0.9, 0.5, 0.1, 0.7, 0.2, 0.8, 0.4, 0.95, 0.99],
+                           "kept:a": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]})
+    picked = pick_policies(trials, 3)
+    assert picked["proxy_acc"].tolist() == [0.1, 0.5, 0.9]  # worst, middle (rank 3.5 rounds to 4), best of eight
+
+
+def test_proxy_fidelity_study_on_a_small_search(cli, tmp_path):
+    assert cli("search", "--env", "digits-demo", "--budget", "0.5flops", "--method", "random", "--evals", "12",
+               "--racing", "off", "--out", "run", "--quiet")[0] == 0
+    cells, out = tmp_path / "fid", tmp_path / "out"
+    argv = ["--env", "digits-demo", "--weights", "builtin", "--run", str(tmp_path / "run"), "--policies", "4",
+            "--epochs", "1", "--train-images", "200", "--cells", str(cells), "--out", str(out), "--quiet"]
+    assert proxy_fidelity.main(argv) == 0
+    records = [json.loads(p.read_text()) for p in sorted(cells.glob("trial-*.json"))]
+    assert len(records) == 4
+    for r in records:
+        assert all(0 <= r[p] <= 1 for p in PROXIES)
+        assert r["proxy_acc"] == pytest.approx(r["search_proxy_acc"], abs=1e-6)  # the search's own score, again
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    eligible = trials[(trials["status"] == "ok") & trials["within_budget"]]["proxy_acc"]
+    assert min(r["proxy_acc"] for r in records) == pytest.approx(eligible.min())  # the range is spanned
+    assert max(r["proxy_acc"] for r in records) == pytest.approx(eligible.max())
+    report = (out / "digits-demo-proxy-fidelity.md").read_text()
+    assert "Spearman rho" in report and "**Answer:**" in report
+    assert (out / "digits-demo-proxy-fidelity.png").is_file()
+
+
+def test_a_cell_interrupted_mid_training_resumes_to_the_same_record(tmp_path, monkeypatch):
+    runner = CellRunner(load_env("digits-demo"))
+    kept = {u.name: u.channels // 2 for u in runner.exp.space.units}
+    spec = CellSpec("c", kept, FinetuneSettings(epochs=3, train_images=300, seed=1), {"method": "m"})
+    whole = runner.run(spec)
+    checkpoint = tmp_path / "c.ckpt.pt"
+    train_epoch = Finetuner.train_epoch
+    calls = []
+
+    def dies_in_the_third_epoch(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    monkeypatch.setattr(Finetuner, "train_epoch", dies_in_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(spec, checkpoint)
+    assert checkpoint.is_file()
+    monkeypatch.setattr(Finetuner, "train_epoch", train_epoch)
+    resumed = runner.run(spec, checkpoint)
+    assert [e["report_acc"] for e in resumed["epochs"]] == [e["report_acc"] for e in whole["epochs"]]
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]
+    assert resumed["test_acc"] == whole["test_acc"] and resumed["before_report_acc"] == whole["before_report_acc"]
