@@ -11,12 +11,14 @@ weights, recalibrates BatchNorm (the accuracy "before"), then trains with
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from autoprune.console import Progress
 from autoprune.core.cost import fvcore_flops
 from autoprune.core.proxy import predict, recalibrate_batchnorm
 from autoprune.core.reconstruct import Reconstructor
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.experiment import Experiment, build_experiment
 from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings, load_checkpoint, save_checkpoint
@@ -242,3 +244,39 @@ def _work(config: EnvConfig, specs: Sequence[CellSpec], folder: Path, device: st
             if verbose:
                 print(f"[{os.getpid()}] {spec.name}: {100 * record['report_acc']:.2f}% after {len(record['epochs'])} "
                       f"epochs, {record['seconds']:.0f} s", flush=True)
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The options every fine-tuning study takes: the recipe, where it runs, and its output."""
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"fine-tuning epochs (default {epochs})")
+    parser.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate, cosine to 0 (default 0.01)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images "
+                        "(default: the whole train split)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="fine-tuning processes (default 1)")
+    parser.add_argument("--stop-after", type=float, help="claim no new cell after this many seconds")
+    parser.add_argument("--out", default="results/benchmarks", help="folder of the report")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def study_recipe(args: argparse.Namespace) -> FinetuneSettings:
+    """The recipe the study options name (seed and distillation are set per cell).
+
+    Raises:
+        ConfigError: naming the first bad value.
+    """
+    recipe = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_images=args.train_images)
+    recipe.check()
+    return recipe
+
+
+def run_study(run: Callable[[argparse.Namespace, list[str] | None], int], args: argparse.Namespace,
+              argv: list[str] | None) -> int:
+    """Run a study's main body; a bad input is one line on stderr and exit status 2."""
+    try:
+        return run(args, argv)
+    except AutopruneError as e:
+        print(f"autoprune: error: {e}", file=sys.stderr)
+        return 2

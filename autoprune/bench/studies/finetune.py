@@ -27,11 +27,11 @@ from typing import Any
 
 from scipy import stats
 
-from autoprune.bench.finetune_cells import CellSpec, finished, run_cells
+from autoprune.bench.finetune_cells import CellSpec, add_study_arguments, finished, run_cells, run_study, study_recipe
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.bench.settings import parse_method, parse_methods
 from autoprune.core.budget import Budget
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import ConfigError
 from autoprune.finetune.trainer import FinetuneSettings
 from autoprune.io import atomic_write_text
 from autoprune.plotting import pyplot, save_figure
@@ -206,25 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-cells", help="the benchmark's cell folder (default results/benchmarks/cells/<env>)")
     parser.add_argument("--evals", type=int, default=300, help="evaluations of the search cells (their e<N>)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images "
-                        "(default: the whole train split)")
     parser.add_argument("--distill", choices=("both", "on", "off"), default="both")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--jobs", type=int, default=1, help="fine-tuning processes (default 1)")
-    parser.add_argument("--stop-after", type=float, help="claim no new cell after this many seconds")
     parser.add_argument("--cells", help="folder of the study's cells (default results/benchmarks/cells/<env>-finetune)")
-    parser.add_argument("--out", default="results/benchmarks")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args, argv)
-    except AutopruneError as e:
-        print(f"autoprune: error: {e}", file=sys.stderr)
-        return 2
+    add_study_arguments(parser, epochs=15)
+    return run_study(_run, parser.parse_args(argv), argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -234,9 +219,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     methods = list(parse_methods(args.methods))
     seeds = list(range(args.seeds))
     distill = {"both": [False, True], "on": [True], "off": [False]}[args.distill]
-    recipe = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                              train_images=args.train_images)
-    recipe.check()
+    recipe = study_recipe(args)
     search_cells = Path(args.search_cells or f"results/benchmarks/cells/{args.env}")
     cells = Path(args.cells or f"results/benchmarks/cells/{args.env}-finetune")
     identity = {"env": args.env, "weights": args.weights, "budget": budget, "evals": args.evals,

@@ -26,10 +26,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from autoprune.bench.finetune_cells import PROXIES, CellSpec, finished, run_cells
+from autoprune.bench.finetune_cells import (
+    PROXIES,
+    CellSpec,
+    add_study_arguments,
+    finished,
+    run_cells,
+    run_study,
+    study_recipe,
+)
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.bench.studies.finetune import check_identity
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import ConfigError
 from autoprune.finetune.trainer import FinetuneSettings
 from autoprune.plotting import pyplot, save_figure
 from autoprune.presets import load_env
@@ -100,24 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="resnet20-12fca82f-jpeg.th")
     parser.add_argument("--run", required=True, help="a search run directory (its trials.csv)")
     parser.add_argument("--policies", type=int, default=24)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images "
-                        "(default: the whole train split)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--stop-after", type=float, help="claim no new cell after this many seconds")
     parser.add_argument("--cells", help="folder of the study's cells (default results/benchmarks/cells/<env>-proxy-fidelity)")
-    parser.add_argument("--out", default="results/benchmarks")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args, argv)
-    except AutopruneError as e:
-        print(f"autoprune: error: {e}", file=sys.stderr)
-        return 2
+    add_study_arguments(parser, epochs=2)
+    return run_study(_run, parser.parse_args(argv), argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -128,9 +121,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise ConfigError(f"--run {args.run!r} has no trials.csv; pass the folder of a finished `autoprune search`")
     if args.policies < 3:
         raise ConfigError(f"--policies must be >= 3 for a rank correlation, got {args.policies}")
-    recipe = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                              train_images=args.train_images)
-    recipe.check()
+    recipe = study_recipe(args)
     cells = Path(args.cells or f"results/benchmarks/cells/{args.env}-proxy-fidelity")
     check_identity(cells, {"env": args.env, "weights": args.weights, "run": Path(args.run).name,
                            "policies": args.policies, "recipe": recipe.__dict__})
