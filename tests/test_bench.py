@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from autoprune.bench.harness import benchmark, run_bench
-from autoprune.bench.report import COLUMNS, cells_frame, comparison_table, measured_on
+from autoprune.bench.report import COLUMNS, ablation_table, cells_frame, comparison_table, measured_on
 from autoprune.bench.settings import (
     DEFAULT_METHODS,
     BenchSettings,
@@ -173,6 +173,18 @@ def test_comparison_marks_gains_beyond_one_std():
     assert "| tpe − uniform (points) | +21.00 ✓ |" in rows
     assert "| tpe − random (points) | +9.00 ✓ |" in rows  # 9 points > the larger std (2.83)
     assert "| lucky − random (points) | +3.00 ? |" in rows  # one seed: no std to judge by
+
+
+def test_ablation_compares_each_variant_with_its_methods_defaults():
+    frame = pd.DataFrame({
+        "method": ["sac"] * 3 + ["sac:action-mode=amc"] * 3 + ["sac:reward-norm=baseline"] * 3 + ["random"] * 2
+                  + ["ddpg:action-mode=amc"],
+        "report_acc": [0.66, 0.67, 0.68, 0.50, 0.52, 0.51, 0.665, 0.675, 0.67, 0.60, 0.61, 0.40],
+    })
+    rows = ablation_table(frame, [("report_acc", "test acc")])
+    assert rows[-2:] == ["| sac:action-mode=amc − sac | -16.00 ✓ |", "| sac:reward-norm=baseline − sac | +0.00 |"]
+    assert not any("ddpg" in r for r in rows)  # its defaults are not in the frame: nothing to compare with
+    assert ablation_table(frame[frame["method"] != "sac"], [("report_acc", "test acc")]) == []
 
 
 def test_header_names_each_machine_and_library_set_the_cells_ran_on():

@@ -18,7 +18,7 @@ import pandas as pd
 
 from autoprune.bench.anytime import anytime_section, plot_anytime, timed
 from autoprune.bench.machine import machine_header
-from autoprune.bench.settings import BenchSettings, parse_method
+from autoprune.bench.settings import OPTIONS_SEPARATOR, BenchSettings, parse_method
 from autoprune.console import plural
 from autoprune.core.cost import FLOPS_LABEL
 from autoprune.errors import ConfigError
@@ -76,14 +76,14 @@ def _deterministic(spec: str) -> bool:
         return False
 
 
-def _versus(stats: dict[str, tuple[float, float | None]], method: str, base: str) -> str:
-    """``+1.23 ✓`` when ``method`` beats ``base`` by more than one std (the larger of the two), ``-0.40``
-    otherwise; ``?`` marks a difference whose std is unknown (one seed)."""
+def _versus(stats: dict[str, tuple[float, float | None]], method: str, base: str, either_way: bool = False) -> str:
+    """``+1.23 ✓`` when ``method`` beats ``base`` by more than one std (the larger of the two; with ``either_way``
+    also a loss by more than that), ``-0.40`` otherwise; ``?`` marks a difference whose std is unknown (one seed)."""
     (mean, std), (b_mean, b_std) = stats[method], stats[base]
     diff = 100 * (mean - b_mean)
     if std is None or b_std is None:
         return f"{diff:+.2f} ?"
-    return f"{diff:+.2f}" + (" ✓" if diff > 100 * max(std, b_std) else "")
+    return f"{diff:+.2f}" + (" ✓" if (abs(diff) if either_way else diff) > 100 * max(std, b_std) else "")
 
 
 def comparison_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:
@@ -102,6 +102,23 @@ def comparison_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> lis
             if all(method in stats[c] and base in stats[c] for c, _ in columns):
                 lines.append(f"| {method} − {base} (points) | " +
                              " | ".join(_versus(stats[c], method, base) for c, _ in columns) + " |")
+    return lines
+
+
+def ablation_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:
+    """Markdown: each variant ``method:options`` against the same method with its defaults (a row of the frame too),
+    marked when the difference exceeds one standard deviation; no lines when the frame has no such pair."""
+    stats = {column: _stats(frame, column) for column, _ in columns}
+    methods = list(dict.fromkeys(frame["method"]))
+    pairs = [(m, m.partition(OPTIONS_SEPARATOR)[0]) for m in methods if OPTIONS_SEPARATOR in m]
+    pairs = [(m, base) for m, base in pairs if base in methods]
+    columns = [(c, label) for c, label in columns if all(m in stats[c] and b in stats[c] for m, b in pairs)]
+    if not pairs or not columns:
+        return []
+    lines = ["", "Ablation: each variant against its method's defaults (points; ✓: more than one std either way).", "",
+             "| | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {m} − {base} | " + " | ".join(_versus(stats[c], m, base, either_way=True) for c, _ in columns) + " |"
+              for m, base in pairs]
     return lines
 
 
@@ -194,8 +211,9 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
                 f"{_ms(g.evals_per_min, 1, 1)} |")
         lines += ["", "✓: more than one standard deviation over seeds (the larger of the two methods'); ?: one seed, "
                   "no standard deviation.", ""]
-        lines += comparison_table(part, [("proxy_acc", "proxy acc"), ("report_acc", "test acc"),
-                                         ("finetuned_acc", "test acc after fine-tune")])
+        columns = [("proxy_acc", "proxy acc"), ("report_acc", "test acc"), ("finetuned_acc", "test acc after fine-tune")]
+        lines += comparison_table(part, columns)
+        lines += ablation_table(part, columns)
     lines += sections
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
