@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def study_cells(sources: dict[tuple[str, int], Path], dense_kept: dict[str, int]
     specs = []
     for seed in seeds:
         for kd in distill:
-            settings = FinetuneSettings(**{**recipe.__dict__, "seed": seed, "distill": kd})
+            settings = replace(recipe, seed=seed, distill=kd)
             specs.append(CellSpec(f"{CONTROL}-{LOSSES[kd]}-s{seed}", dense_kept, settings,
                                   {"method": CONTROL, "seed": seed, "distill": kd}))
             for method in methods:
@@ -223,7 +224,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     search_cells = Path(args.search_cells or f"results/benchmarks/cells/{args.env}")
     cells = Path(args.cells or f"results/benchmarks/cells/{args.env}-finetune")
     identity = {"env": args.env, "weights": args.weights, "budget": budget, "evals": args.evals,
-                "recipe": {k: v for k, v in recipe.__dict__.items() if k not in ("seed", "distill")}}
+                "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("seed", "distill")}}
     check_identity(cells, identity)
     sources = policy_sources(search_cells, budget, methods, args.evals, seeds)
     dense_kept = json.loads(next(iter(sources.values())).read_text())["channels"]

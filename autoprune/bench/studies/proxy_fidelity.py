@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     recipe = study_recipe(args)
     cells = Path(args.cells or f"results/benchmarks/cells/{args.env}-proxy-fidelity")
     check_identity(cells, {"env": args.env, "weights": args.weights, "run": Path(args.run).name,
-                           "policies": args.policies, "recipe": recipe.__dict__})
+                           "policies": args.policies, "recipe": asdict(recipe)})
     specs = fidelity_cells(pick_policies(pd.read_csv(trials_csv), args.policies), recipe)
     if not args.report_only:
         run_cells(config, specs, cells, args.device, args.jobs, args.stop_after, not args.quiet, "proxy-fidelity study")
