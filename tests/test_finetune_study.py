@@ -96,6 +96,11 @@ def test_rank_correlations_against_scipy():
     assert table.loc["proxy_acc_250", "rho"] == pytest.approx(stats.spearmanr(noisy, after)[0])
     assert table.loc["reconstruct_acc", "rho"] == pytest.approx(stats.spearmanr(range(12), after)[0])
     assert (table["low"] <= table["rho"] + 1e-9).all() and (table["rho"] <= table["high"] + 1e-9).all()
+    # the best proxy (rho 1) leads the reversed one (rho -1) by 2 in every resample, the noisy one by less
+    assert table.loc["agreement", "lead_low"] == pytest.approx(2.0) and table.loc["proxy_acc", "lead_high"] == 0
+    assert 0 <= table.loc["proxy_acc_250", "lead_low"] <= table.loc["proxy_acc_250", "lead_high"] <= 2
+    assert proxy_fidelity.answer(table.reset_index(), 2, 12).startswith(
+        "**Answer:** accuracy, 1,000 proxy images (the search's) ranks policies best (Spearman 1.000")
 
 
 def test_picked_policies_span_the_proxy_range():

@@ -74,18 +74,37 @@ def fidelity_cells(picked: pd.DataFrame, recipe: FinetuneSettings) -> list[CellS
 
 def rank_correlations(records: list[dict[str, Any]], target: str = "report_acc", resamples: int = 2000,
                       seed: int = 0) -> pd.DataFrame:
-    """Per proxy: Spearman's rho with ``target`` over the records, its p-value and a bootstrap 95% interval."""
+    """Per proxy: Spearman's rho with ``target`` over the records, its p-value and a bootstrap 95% interval; and
+    the 95% interval of the best proxy's lead over it (``lead_low``, ``lead_high``; 0 for the best itself), from the
+    same resamples of the records (a paired bootstrap), so a lead whose interval holds 0 is not resolved."""
     y = np.array([r[target] for r in records])
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(y), len(y)) for _ in range(resamples)]
-    rows = []
+    rows, boots = [], {}
     for proxy in PROXIES:
         x = np.array([r[proxy] for r in records])
         rho, p = stats.spearmanr(x, y)
-        boot = [stats.spearmanr(x[d], y[d])[0] for d in draws if len(set(x[d])) > 1 and len(set(y[d])) > 1]
-        low, high = np.nanpercentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+        boots[proxy] = np.array([stats.spearmanr(x[d], y[d])[0] if len(set(x[d])) > 1 and len(set(y[d])) > 1
+                                 else np.nan for d in draws])
+        low, high = np.nanpercentile(boots[proxy], [2.5, 97.5])
         rows.append({"proxy": proxy, "rho": float(rho), "p": float(p), "low": float(low), "high": float(high)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    best = table.loc[table["rho"].idxmax(), "proxy"]
+    leads = [np.nanpercentile(boots[best] - boots[proxy], [2.5, 97.5]) if proxy != best else (0.0, 0.0)
+             for proxy in table["proxy"]]
+    table["lead_low"], table["lead_high"] = [float(a) for a, _ in leads], [float(b) for _, b in leads]
+    return table
+
+
+def answer(table: pd.DataFrame, epochs: int, policies: int) -> str:
+    """The one-sentence answer: which proxy ranks policies best, and whether its lead is resolved."""
+    best = table.loc[table["rho"].idxmax()]
+    unresolved = [PROXY_LABELS[r["proxy"]] for _, r in table.iterrows() if r["proxy"] != best["proxy"] and r["lead_low"] <= 0]
+    verdict = (f"its lead over {', '.join(unresolved)} is not resolved by {policies} policies (the paired bootstrap "
+               f"interval of the difference holds 0)" if unresolved else
+               "its lead over every other proxy is resolved (paired bootstrap intervals above 0)")
+    return (f"**Answer:** {PROXY_LABELS[best['proxy']]} ranks policies best (Spearman {best['rho']:.3f} with accuracy "
+            f"after {epochs} epochs of fine-tuning, over {policies} policies); {verdict}.")
 
 
 def plot_scatter(records: list[dict[str, Any]], table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -134,7 +153,6 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if len(records) < 3:
         raise ConfigError(f"{len(records)} finished cells in {cells}; a rank correlation needs 3 or more")
     table = rank_correlations(records)
-    best = table.loc[table["rho"].idxmax()]
     name = f"{args.env}-proxy-fidelity"
     plot = plot_scatter(records, table, Path(args.out) / f"{name}.png",
                         f"{config.model}: proxies against accuracy after {args.epochs} epochs of fine-tuning")
@@ -151,13 +169,13 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"{f'{recipe.train_images} train images' if recipe.train_images else 'whole train split'}, seed 0), then scored on the "
         f"report split: {min(acc):.2f}% to {max(acc):.2f}%",
         "",
-        "| proxy | Spearman rho with accuracy after fine-tuning | 95% bootstrap interval | p |",
-        "|---|---:|---:|---:|",
-        *(f"| {PROXY_LABELS[r['proxy']]} | {r['rho']:.3f} | {r['low']:.3f} to {r['high']:.3f} | {r['p']:.2g} |"
+        "| proxy | Spearman rho with accuracy after fine-tuning | 95% bootstrap interval | p | best proxy's lead, 95% interval |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {PROXY_LABELS[r['proxy']]} | {r['rho']:.3f} | {r['low']:.3f} to {r['high']:.3f} | {r['p']:.2g} | "
+          + ("best" if r["lead_high"] == r["lead_low"] == 0 else f"{r['lead_low']:+.3f} to {r['lead_high']:+.3f}") + " |"
           for _, r in table.iterrows()),
         "",
-        f"**Answer:** {PROXY_LABELS[best['proxy']]} ranks policies best (Spearman {best['rho']:.3f} with accuracy "
-        f"after {args.epochs} epochs of fine-tuning, over {len(records)} policies).",
+        answer(table, args.epochs, len(records)),
         "",
         f"![proxies against accuracy after fine-tuning]({plot.name})",
         "",
