@@ -37,7 +37,7 @@ from autoprune.finetune.trainer import FinetuneSettings
 from autoprune.io import atomic_write_text
 from autoprune.plotting import pyplot, save_figure
 from autoprune.presets import load_env
-from autoprune.search import get_searcher
+from autoprune.search import get_searcher, methods_where
 
 CONTROL = "dense"
 LOSSES = {False: "ce", True: "kd"}
@@ -142,18 +142,19 @@ def report_lines(records: list[dict[str, Any]], methods: list[str], distill: lis
               "what extra training on this data gives without pruning.", ""]
     lines += ["## Gaps after fine-tuning (points; Welch's t-test over seeds)", ""]
     for kd in distill:
-        searched = [m for m in methods if m not in ("uniform", "random") and values(m, kd, "report_acc")]
+        searched = [m for m in methods if m not in methods_where("baseline") and values(m, kd, "report_acc")]
         if not searched:
             continue
         best = max(searched, key=lambda m: statistics.mean(values(m, kd, "report_acc")))
         label = "with distillation" if kd else "cross-entropy"
-        lines += [f"### {label}", "", "| method | − uniform | − random | − dense control |", "|---|---:|---:|---:|"]
+        lines += [f"### {label}", "", "| method | " + " | ".join(f"− {b}" for b in methods_where("baseline"))
+                  + " | − dense control |", "|---|" + "---:|" * (len(methods_where("baseline")) + 1)]
         for method in methods:
             mine = values(method, kd, "report_acc")
             if not mine:
                 continue
             cells = [gap(mine, values(b, kd, "report_acc")) if values(b, kd, "report_acc") else "—"
-                     for b in ("uniform", "random", CONTROL)]
+                     for b in (*methods_where("baseline"), CONTROL)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", answer(best, kd, values), ""]
     return lines
@@ -163,7 +164,7 @@ def answer(best: str, kd: bool, values: Any) -> str:
     """The one-sentence answer: does the best searched policy still beat uniform and random after fine-tuning?"""
     mine = values(best, kd, "report_acc")
     parts = []
-    for base in ("uniform", "random"):
+    for base in methods_where("baseline"):
         other = values(base, kd, "report_acc")
         if not other:
             continue
