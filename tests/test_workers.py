@@ -28,6 +28,11 @@ def _trials(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=open_storage(str(journal))).get_trials()
 
 
+def _pid(trial: optuna.trial.FrozenTrial) -> int:
+    """The process id of the worker that ran ``trial``."""
+    return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
 def test_random_search_on_three_workers_counts_every_evaluation_once(cli, tmp_path):
     (tmp_path / "runs").mkdir()
     code, out, err = cli(*SEARCH, "--method", "random", "--evals", "9", "--workers", "3", "--storage", "runs/x.log",
@@ -91,7 +96,7 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     SIGKILLed while it evaluates a child is replaced, and its child is evaluated again, so the generation completes."""
     journal = tmp_path / "e.log"
     loud = [a for a in SEARCH if a != "--quiet"]  # the supervisor's status lines say when it replaces a worker
-    command = [sys.executable, "-m", "autoprune", *loud, "--method", "evolution", "--offspring", "4", "--evals", "14",
+    command = [sys.executable, "-m", "autoprune", *loud, "--method", "evolution", "--offspring", "4", "--evals", "100",
                "--workers", "3", "--storage", str(journal), "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
@@ -101,30 +106,31 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
             try:
                 running = [t for t in _trials(journal, "digits-demo-0.5flops-evolution")
                            if t.state == TrialState.RUNNING and t.user_attrs.get("generation", 0) >= 1
-                           and "worker" in t.user_attrs]
+                           and "worker" in t.user_attrs and _pid(t) != process.pid]  # not worker 0, the command
             except KeyError:  # the study is not created yet
                 running = []
             if running:
                 killed = running[0]
-                os.kill(int(killed.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+                os.kill(_pid(killed), signal.SIGKILL)
         time.sleep(0.02)
     _, err = process.communicate(timeout=180)
     assert process.returncode == 0, err
     assert killed is not None, "no child was caught running"
     trials = _trials(journal, "digits-demo-0.5flops-evolution")
     done = [t for t in trials if counted(t)]
-    assert len(done) == 14  # exactly the evaluations asked for: 1 start, then generations of 4, 4, 4 and 1
+    assert len(done) == 100  # exactly the evaluations asked for: 1 start, then 24 generations of 4 and one of 3
     tasks = [t.user_attrs[TASK_ATTR] for t in done]
-    assert len(set(tasks)) == 14  # no child evaluated twice
+    assert len(set(tasks)) == 100  # no child evaluated twice
     generations = pd.Series([t.user_attrs["generation"] for t in done]).value_counts().sort_index().tolist()
-    assert generations == [1, 4, 4, 4, 1]
+    assert generations == [1] + [4] * 24 + [3]
+    assert any(_pid(t) == process.pid for t in done)  # the command itself is worker 0
     dead = next(t for t in trials if t.number == killed.number)
     if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again
         assert "died" in dead.user_attrs["reason"] and not counted(dead)
         assert dead.user_attrs[TASK_ATTR] in tasks
     # the killed worker was replaced (whether the replacement still finds a child to claim depends on timing)
     assert re.search(r"worker \d was killed by SIGKILL; starting another", err), err
-    assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 14
+    assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 100
 
 
 def test_a_method_that_cannot_run_in_parallel_says_so(fails):

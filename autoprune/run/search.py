@@ -14,6 +14,7 @@ import copy
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,7 +187,7 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
                 if settings.workers == 1:
                     search_in_process(searcher, exp, progress)
                 else:
-                    _search_with_workers(settings, run_dir, study, progress, stop)
+                    _search_with_workers(settings, searcher, exp, run_dir, study, progress, stop)
             except StopRequested as e:
                 raise _stopped(e.signum, run_dir, exp, settings, study, time.perf_counter() - start) from None
         finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir),
@@ -321,11 +322,13 @@ def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
             searcher.search()
 
 
-def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, progress: bool,
-                         stop: GracefulStop) -> None:
-    """Run ``settings.workers`` worker processes on the run's study; a worker killed by a signal that is not this
-    command's is replaced (its trial is settled and evaluated again by the others), up to once per worker."""
-    status(f"starting {plural(settings.workers, 'worker process', 'worker processes')}")
+def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Experiment, run_dir: Path, study: Any,
+                         progress: bool, stop: GracefulStop) -> None:
+    """Search on ``settings.workers`` workers sharing the run's study: this process is worker 0 (``searcher``, on
+    the experiment it has built, so it starts at once) and workers 1.. are spawned processes. A worker killed by a
+    signal that is not this command's is replaced (its trial is settled and evaluated again), up to once per worker."""
+    extra = settings.workers - 1
+    status(f"starting {plural(extra, 'more worker process', 'more worker processes')}; this process is worker 0")
     context = multiprocessing.get_context("spawn")
 
     def start(index: int) -> Any:
@@ -333,30 +336,52 @@ def _search_with_workers(settings: SearchSettings, run_dir: Path, study: Any, pr
         process.start()
         return process
 
-    workers = [start(i) for i in range(settings.workers)]
-    replaced = forwarded = 0
+    workers = {i: start(i) for i in range(1, settings.workers)}
+    replaced = 0
+
+    def replace_killed() -> None:
+        nonlocal replaced
+        for i, w in workers.items():
+            if w.exitcode is not None and w.exitcode < 0 and stop.signum is None and replaced < extra:
+                status(f"worker {i} was killed by {signal.Signals(-w.exitcode).name}; starting another")
+                workers[i] = start(i)
+                replaced += 1
+
+    stopping = threading.Event()
+
+    def tend() -> None:  # while this process searches: collect exited workers (a dead worker not yet collected
+        while not stopping.wait(0.2):  # would look alive to the others, who settle its trial) and replace killed ones
+            replace_killed()
+
+    tender = threading.Thread(target=tend, name="tend-workers", daemon=True)
+    tender.start()
+    dense = exp.evaluator.cost.dense_flops
     with Progress(settings.evals, f"{settings.method} x{settings.workers}", "eval", progress) as bar:
-        while True:
-            for i, w in enumerate(workers):
-                if stop.signum is None and w.exitcode is not None and w.exitcode < 0 and replaced < settings.workers:
-                    status(f"worker {i} was killed by {signal.Signals(-w.exitcode).name}; starting another")
-                    workers[i] = start(i)
-                    replaced += 1
-            if not any(w.is_alive() for w in workers):
-                break
-            time.sleep(1.0)
-            if stop.signum == signal.SIGTERM and not forwarded:  # Ctrl-C reaches the workers by itself
-                for w in workers:
+        def report(candidate: Any, best: Any) -> None:  # after each of this worker's candidates
+            bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
+            best = searcher.incumbent()
+            if best is not None:
+                bar.set_postfix(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")
+
+        try:
+            searcher.search(report)
+        finally:  # the other workers finish their trials (a stop reaches them: Ctrl-C by itself, SIGTERM from here)
+            stopping.set()
+            tender.join()
+            if stop.signum == signal.SIGTERM:
+                for w in workers.values():
                     if w.is_alive() and w.pid is not None:
                         os.kill(w.pid, signal.SIGTERM)
-                forwarded = True
-            bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
-    if stop.signum is not None:
-        raise StopRequested(stop.signum)
-    failed = [w.exitcode for w in workers if w.exitcode]
+            while True:
+                replace_killed()
+                if not any(w.is_alive() for w in workers.values()):
+                    break
+                time.sleep(0.2)
+                bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
+    failed = [w.exitcode for w in workers.values() if w.exitcode]
     if failed:
-        raise ConfigError(f"{len(failed)} of {plural(settings.workers, 'worker')} failed (exit codes {failed}); "
-                          f"rerun the same command to resume")
+        raise ConfigError(f"{len(failed)} of {plural(extra, 'worker process', 'worker processes')} failed (exit codes "
+                          f"{failed}); rerun the same command to resume")
 
 
 def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.DataFrame, seconds: float,

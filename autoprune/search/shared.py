@@ -45,7 +45,8 @@ class StudySearcher(Searcher):
         study: the study worked on (None: not shared; the searcher runs in one process).
         wait_for_running: when the last evaluations are running in other workers, wait for them (and take over
             any that go stale) instead of stopping; set for storages with a heartbeat.
-        poll_s: seconds between looks at the study while waiting.
+        poll_s: most seconds between looks at the study while waiting (the first looks come sooner: the wait
+            doubles from ``first_poll_s`` each time nothing has changed, so a generation's last child is seen at once).
     """
 
     parallel = True
@@ -53,6 +54,8 @@ class StudySearcher(Searcher):
     study: optuna.Study | None = None
     wait_for_running = False
     poll_s = 1.0
+    first_poll_s = 0.05
+    _pauses = 0
 
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
         """With a shared study, work on it (it knows what is done: nothing is replayed) and wait for other
@@ -119,6 +122,7 @@ class StudySearcher(Searcher):
     def evaluate_trial(self, trial: optuna.Trial, policy: Policy, meta: Mapping[str, Any]) -> float | list[float]:
         """Evaluate ``policy`` as the claimed ``trial`` and write the candidate onto it; returns its objective values
         (raises to prune a candidate racing stopped, with its stage accuracies, or to fail a failed one)."""
+        self._pauses = 0
         candidate = self.evaluate(policy, {**meta, "optuna_trial": trial.number})
         for key, value in candidate_attrs(candidate).items():
             trial.set_user_attr(key, value)
@@ -135,7 +139,8 @@ class StudySearcher(Searcher):
     def pause(self) -> None:
         """Wait one poll for other workers, settling dead workers' trials: by the storage's heartbeat where it has
         one, else at once for this host's."""
-        time.sleep(self.poll_s)
+        time.sleep(min(self.poll_s, self.first_poll_s * 2 ** min(self._pauses, 10)))
+        self._pauses += 1
         if self.wait_for_running:
             optuna.storages.fail_stale_trials(self.study)  # type: ignore[arg-type]
         elif self.storage is not None:
