@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from autoprune.bench.machine import library_versions, machine_description, machine_header, write_markdown
 from autoprune.console import Progress
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", default="results/benchmarks/cells", help="folder of the finished cells")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = "1"  # one CPU thread per worker process (they inherit it)
+    os.environ["OMP_NUM_THREADS"] = "1"  # one CPU thread per worker process (they inherit it) ...
+    torch.set_num_threads(1)  # ... and this one, worker 0, which imported torch before the line above
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     budget = str(Budget.parse(args.budget))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
