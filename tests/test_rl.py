@@ -49,6 +49,23 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
     assert agent.action_noise.scale == pytest.approx(0.5 * 0.95**2)
 
 
+def test_sac_takes_more_updates_per_transition_and_its_starting_entropy_coefficient(digits):
+    """``updates`` multiplies the gradient steps made after each episode; ``entropy`` is where SAC's tuned entropy
+    coefficient starts (the defaults: AMC's one step per transition, stable-baselines3's 1.0)."""
+    digits.evaluator.observers.clear()
+    agents = {}
+    for options in ({}, {"updates": 3, "entropy": 0.05}):
+        searcher = get_searcher("sac")(digits.evaluator, Budget.parse("0.5flops"), evals=6, seed=0, warmup=2, **options)
+        searcher.search()
+        agents[bool(options)] = searcher.agent
+    steps = len(digits.space)
+    default, changed = agents[False], agents[True]
+    assert default.gradient_steps == steps and changed.gradient_steps == 3 * steps
+    assert default._n_updates > 0 and changed._n_updates == 3 * default._n_updates  # the same episodes trained on
+    assert default.ent_coef == "auto_1.0" and changed.ent_coef == "auto_0.05"
+    assert float(torch.exp(changed.log_ent_coef)) < 0.06 < 0.9 < float(torch.exp(default.log_ent_coef))
+
+
 def test_replay_buffer_centres_terminal_rewards():
     import gymnasium
 
@@ -80,6 +97,9 @@ def test_replay_buffer_centres_terminal_rewards():
     (["--method", "ddpg", "--episodes", "5", "--warmup", "1", "--noise-decay", "1.5"], "--noise-decay must be in (0, 1], got 1.5"),
     (["--method", "ddpg", "--episodes", "5", "--warmup", "-1"], "--warmup must be >= 0"),
     (["--method", "ppo", "--lr-actor", "0"], "--lr-actor must be > 0, got 0.0"),
+    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--updates", "0"], "--updates must be >= 1 (an integer), got 0"),
+    (["--method", "ddpg", "--episodes", "5", "--warmup", "1", "--entropy", "0.1"], "--entropy applies to --method sac, not --method ddpg"),
+    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--entropy", "-1"], "--entropy must be > 0, got -1.0"),
     (["--method", "ddpg", "--episodes", "5", "--warmup", "1", "--reward", "acc-latency"], "--latency"),
     (["--method", "ppo", "--budget", "0.7latency"], "cannot take the latency budget 0.7latency"),
     (["--resume", "no-such-run"], "'no-such-run' is not a search run directory"),

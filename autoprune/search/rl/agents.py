@@ -191,6 +191,8 @@ def make_agent(
     noise_floor: float = 0.0,
     reward_norm: str = "baseline",
     warmup_draw: str = "actions",
+    updates: int = 1,
+    entropy: float = 1.0,
 ) -> BaseAlgorithm:
     """A new ``ddpg``, ``td3``, ``sac`` or ``ppo`` agent on ``env`` (AMC's settings with the defaults of the
     last three).
@@ -210,6 +212,8 @@ def make_agent(
         lr_actor: actor learning rate (PPO: its one learning rate).
         lr_critic: critic learning rate (off-policy agents).
         batch_size: minibatch of each off-policy update.
+        updates: gradient steps per transition, made after each episode (off-policy agents; AMC: 1).
+        entropy: SAC's entropy coefficient at the start, tuned from there (stable-baselines3's ``auto_<entropy>``).
         tensorboard: TensorBoard log folder, or None.
     """
     common: dict[str, Any] = {"gamma": 1.0, "seed": seed, "device": "cpu", "verbose": 0, "tensorboard_log": tensorboard,
@@ -220,12 +224,14 @@ def make_agent(
     off_policy: dict[str, Any] = {
         "learning_rate": lr_actor, "buffer_size": REPLAY_EPISODES * episode_steps,
         "learning_starts": warmup * episode_steps, "batch_size": batch_size, "tau": TAU, "train_freq": (1, "episode"),
-        "gradient_steps": -1, "replay_buffer_class": NormalisedReplayBuffer,
+        "gradient_steps": updates * episode_steps, "replay_buffer_class": NormalisedReplayBuffer,
         "replay_buffer_kwargs": {"reward_norm": reward_norm, "moving_alpha": BASELINE_ALPHA},
     }
     if kind in ("ddpg", "td3"):
         off_policy["action_noise"] = DecayingNormalNoise(noise_sigma, noise_decay, warmup, episode_steps, seed,
                                                          floor=noise_floor)
+    if kind == "sac":
+        off_policy["ent_coef"] = f"auto_{entropy}"
     agent = AGENTS[kind]("MlpPolicy", env, **off_policy, **common)
     agent.critic_lr = lr_critic  # type: ignore[attr-defined]
     plan_warmup(agent, env, warmup_draw)

@@ -34,13 +34,14 @@ if TYPE_CHECKING:
 
 DEFAULTS: dict[str, Any] = {"warmup": 100, "warmup_draw": "random", "noise_sigma": 0.5, "noise_decay": 0.95,
                             "noise_floor": 0.3, "lr_actor": 1e-4, "lr_critic": 1e-3, "batch_size": 64,
-                            "reward_norm": "standard"}
+                            "reward_norm": "standard", "updates": 1, "entropy": 1.0}
 AMC_SETTINGS: dict[str, Any] = {"action_mode": "amc", "warmup_draw": "actions", "noise_floor": 0.0,
                                 "reward_norm": "baseline"}
 """What reproduces AMC's setup (its warm-up length, noise, learning rates and batch are the defaults)."""
 _FLAGS = {"warmup": "--warmup", "warmup_draw": "--warmup-draw", "noise_sigma": "--noise-sigma",
           "noise_decay": "--noise-decay", "noise_floor": "--noise-floor", "lr_actor": "--lr-actor",
-          "lr_critic": "--lr-critic", "batch_size": "--batch-size", "reward_norm": "--reward-norm"}
+          "lr_critic": "--lr-critic", "batch_size": "--batch-size", "reward_norm": "--reward-norm",
+          "updates": "--updates", "entropy": "--entropy"}
 RL_WARMUP_SHARE = 3  # a benchmark cell shorter than 3 x AMC's warm-up spends a third of its episodes on it
 _AGENT_OPTIONS = {
     "warmup": SearchOption("warmup", "episodes before learning (default 100; see --warmup-draw)", int, metavar="N"),
@@ -59,6 +60,10 @@ _AGENT_OPTIONS = {
     "reward_norm": SearchOption("reward_norm", "terminal rewards as the learner sees them: standard (standardised over "
                                 "the replay buffer, default), rank, or baseline (AMC: minus a moving average)",
                                 choices=REWARD_NORMS),
+    "updates": SearchOption("updates", "gradient steps per transition, made after each episode (default 1, AMC's)",
+                            int, metavar="N"),
+    "entropy": SearchOption("entropy", "sac: the entropy coefficient it starts from and tunes (default 1.0, "
+                            "stable-baselines3's)", float, metavar="A"),
 }
 _RUN_OPTIONS = (
     SearchOption("action_mode", "how an action becomes a ratio: project (free, the episode's shape projected onto the "
@@ -110,6 +115,8 @@ class RLSearcher(Searcher):
         lr_actor: actor learning rate (PPO: its one learning rate, default 3e-4).
         lr_critic: critic learning rate.
         batch_size: minibatch of each update of an off-policy agent.
+        updates: gradient steps per transition of an off-policy agent, made after each episode (AMC: 1).
+        entropy: SAC's entropy coefficient at the start (tuned from there towards its target entropy).
         reward_norm: ``baseline`` (AMC), ``standard`` or ``rank`` (see
             :data:`~autoprune.search.rl.choices.REWARD_NORMS`).
         action_mode: ``amc``, ``relative`` or ``project`` (see :data:`~autoprune.search.rl.choices.ACTION_MODES`).
@@ -135,9 +142,9 @@ class RLSearcher(Searcher):
     """
 
     algorithm: ClassVar[str]
-    agent_settings: ClassVar[tuple[str, ...]] = tuple(DEFAULTS)
+    agent_settings: ClassVar[tuple[str, ...]] = tuple(k for k in DEFAULTS if k != "entropy")
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
-    options = _options(tuple(DEFAULTS))
+    options = _options(agent_settings)
     episodic = True
     progress_unit = "episode"
     exact_cost_only = True
@@ -170,6 +177,8 @@ class RLSearcher(Searcher):
         lr_critic: float | None = None,
         batch_size: int | None = None,
         reward_norm: str | None = None,
+        updates: int | None = None,
+        entropy: float | None = None,
         action_mode: str = "project",
         state: str = "amc",
         warm_start: str | Path | None = None,
@@ -183,7 +192,7 @@ class RLSearcher(Searcher):
         self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         given = {"warmup": warmup, "warmup_draw": warmup_draw, "noise_sigma": noise_sigma, "noise_decay": noise_decay,
                  "noise_floor": noise_floor, "lr_actor": lr_actor, "lr_critic": lr_critic, "batch_size": batch_size,
-                 "reward_norm": reward_norm}
+                 "reward_norm": reward_norm, "updates": updates, "entropy": entropy}
         unused = [_FLAGS[k] for k, v in given.items() if v is not None and k not in self.agent_settings]
         if unused:
             raise ConfigError(f"{', '.join(unused)} do{'es' if len(unused) == 1 else ''} not apply to --method {self.name}; "
@@ -352,6 +361,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise_floor": (lambda v: v >= 0, ">= 0"),
     "warmup_draw": (lambda v: v in WARMUP_DRAWS, f"one of {', '.join(WARMUP_DRAWS)}"),
     "reward_norm": (lambda v: v in REWARD_NORMS, f"one of {', '.join(REWARD_NORMS)}"),
+    "updates": (lambda v: isinstance(v, int) and v >= 1, ">= 1 (an integer)"),
+    "entropy": (lambda v: v > 0, "> 0"),
 }
 
 
@@ -387,7 +398,7 @@ class SACSearcher(RLSearcher):
     name = "sac"
     summary = "SAC on the pruning environment"
     algorithm = "sac"
-    agent_settings = ("warmup", "warmup_draw", "lr_actor", "lr_critic", "batch_size", "reward_norm")
+    agent_settings = ("warmup", "warmup_draw", "lr_actor", "lr_critic", "batch_size", "reward_norm", "updates", "entropy")
     options = _options(agent_settings)
 
 
