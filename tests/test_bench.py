@@ -183,6 +183,11 @@ def test_ablation_compares_each_variant_with_its_methods_defaults():
     })
     rows = ablation_table(frame, [("report_acc", "test acc")])
     assert rows[-2:] == ["| sac:action-mode=amc − sac | -16.00 ✓ |", "| sac:reward-norm=baseline − sac | +0.00 |"]
+    # a variant with more options is compared with the row it adds options to
+    more = pd.concat([frame, pd.DataFrame({"method": ["sac:reward-norm=baseline,updates=1"] * 2,
+                                           "report_acc": [0.665, 0.675]})])
+    rows = ablation_table(more, [("report_acc", "test acc")])
+    assert rows[-1] == "| sac:reward-norm=baseline,updates=1 − sac:reward-norm=baseline | +0.00 |"
     assert not any("ddpg" in r for r in rows)  # its defaults are not in the frame: nothing to compare with
     assert ablation_table(frame[frame["method"] != "sac"], [("report_acc", "test acc")]) == []
 

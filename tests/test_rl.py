@@ -51,19 +51,22 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
 
 def test_sac_takes_more_updates_per_transition_and_its_starting_entropy_coefficient(digits):
     """``updates`` multiplies the gradient steps made after each episode; ``entropy`` is where SAC's tuned entropy
-    coefficient starts (the defaults: AMC's one step per transition, stable-baselines3's 1.0)."""
+    coefficient starts (sac's defaults: 8 and 0.05; AMC's one step per transition and stable-baselines3's 1.0 on
+    request)."""
     digits.evaluator.observers.clear()
     agents = {}
-    for options in ({}, {"updates": 3, "entropy": 0.05}):
+    for options in ({}, {"updates": 1, "entropy": 1.0}):
         searcher = get_searcher("sac")(digits.evaluator, Budget.parse("0.5flops"), evals=6, seed=0, warmup=2, **options)
         searcher.search()
         agents[bool(options)] = searcher.agent
     steps = len(digits.space)
-    default, changed = agents[False], agents[True]
-    assert default.gradient_steps == steps and changed.gradient_steps == 3 * steps
-    assert default._n_updates > 0 and changed._n_updates == 3 * default._n_updates  # the same episodes trained on
-    assert default.ent_coef == "auto_1.0" and changed.ent_coef == "auto_0.05"
-    assert float(torch.exp(changed.log_ent_coef)) < 0.06 < 0.9 < float(torch.exp(default.log_ent_coef))
+    default, amc = agents[False], agents[True]
+    assert default.gradient_steps == 8 * steps and amc.gradient_steps == steps
+    assert amc._n_updates > 0 and default._n_updates == 8 * amc._n_updates  # the same episodes trained on
+    assert default.ent_coef == "auto_0.05" and amc.ent_coef == "auto_1.0"
+    assert float(torch.exp(default.log_ent_coef)) < 0.06 < 0.9 < float(torch.exp(amc.log_ent_coef))
+    ddpg = get_searcher("ddpg")(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, warmup=1)
+    assert ddpg.settings["updates"] == 1 and "entropy" not in ddpg.settings
 
 
 def test_replay_buffer_centres_terminal_rewards():

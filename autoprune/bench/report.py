@@ -105,17 +105,34 @@ def comparison_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> lis
     return lines
 
 
+def _options(method: str) -> frozenset[str]:
+    """The ``option=value`` items of a ``method:options`` row."""
+    return frozenset(item for item in method.partition(OPTIONS_SEPARATOR)[2].split(",") if item)
+
+
+def ablation_base(method: str, methods: list[str]) -> str | None:
+    """The row a variant ``method:options`` is compared with: the same method with the most of its options and
+    not all of them (the method's defaults when no other row shares any; of equals, the first); None when the frame
+    has no such row."""
+    name = method.partition(OPTIONS_SEPARATOR)[0]
+    options = _options(method)
+    bases = [m for m in methods if m.partition(OPTIONS_SEPARATOR)[0] == name and _options(m) < options]
+    return max(bases, key=lambda m: len(_options(m)), default=None)
+
+
 def ablation_table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> list[str]:
-    """Markdown: each variant ``method:options`` against the same method with its defaults (a row of the frame too),
-    marked when the difference exceeds one standard deviation; no lines when the frame has no such pair."""
+    """Markdown: each variant ``method:options`` against the row it adds options to (:func:`ablation_base`; the
+    method with its defaults, or a variant with fewer options), marked when the difference exceeds one standard
+    deviation; no lines when the frame has no such pair."""
     stats = {column: _stats(frame, column) for column, _ in columns}
     methods = list(dict.fromkeys(frame["method"]))
-    pairs = [(m, m.partition(OPTIONS_SEPARATOR)[0]) for m in methods if OPTIONS_SEPARATOR in m]
-    pairs = [(m, base) for m, base in pairs if base in methods]
+    pairs = [(m, ablation_base(m, methods)) for m in methods if OPTIONS_SEPARATOR in m]
+    pairs = [(m, base) for m, base in pairs if base is not None]
     columns = [(c, label) for c, label in columns if all(m in stats[c] and b in stats[c] for m, b in pairs)]
     if not pairs or not columns:
         return []
-    lines = ["", "Ablation: each variant against its method's defaults (points; ✓: more than one std either way).", "",
+    lines = ["", "Ablation: each variant against the row it adds options to, its method's defaults or a variant with "
+             "fewer options (points; ✓: more than one std either way).", "",
              "| | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {m} − {base} | " + " | ".join(_versus(stats[c], m, base, either_way=True) for c, _ in columns) + " |"
               for m, base in pairs]
