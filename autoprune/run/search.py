@@ -297,10 +297,15 @@ def search_in_process(searcher: Searcher, exp: Experiment, progress: bool, leave
     with Progress(searcher.planned_evaluations, searcher.name, searcher.progress_unit, progress, leave=leave) as bar:
         def report(candidate: Any, best: Any) -> None:
             if best is not None:
-                bar.set_postfix(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")
+                bar.set_postfix(_best_text(best, dense))
             bar.update()
 
         searcher.search(report)
+
+
+def _best_text(best: Any, dense_flops: float) -> str:
+    """The progress line's best-so-far: its proxy accuracy and FLOPs fraction."""
+    return f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense_flops:.3f} FLOPs"
 
 
 def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
@@ -357,11 +362,14 @@ def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Expe
     tender.start()
     dense = exp.evaluator.cost.dense_flops
     with Progress(settings.evals, f"{settings.method} x{settings.workers}", "eval", progress) as bar:
-        def report(candidate: Any, best: Any) -> None:  # after each of this worker's candidates
+        def show_count() -> None:
             bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
+
+        def report(candidate: Any, best: Any) -> None:  # after each of this worker's candidates
+            show_count()
             best = searcher.incumbent()
             if best is not None:
-                bar.set_postfix(f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense:.3f} FLOPs")
+                bar.set_postfix(_best_text(best, dense))
 
         try:
             searcher.search(report)
@@ -377,7 +385,7 @@ def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Expe
                 if not any(w.is_alive() for w in workers.values()):
                     break
                 time.sleep(0.2)
-                bar.set(min(settings.evals, sum(counted(t) for t in study.get_trials(deepcopy=False))))
+                show_count()
     failed = [w.exitcode for w in workers.values() if w.exitcode]
     if failed:
         raise ConfigError(f"{len(failed)} of {plural(extra, 'worker process', 'worker processes')} failed (exit codes "
