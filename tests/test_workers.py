@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from autoprune.run.study import TASK_ATTR, counted, open_storage
+from autoprune.run.study import TASK_ATTR, claim, counted, enqueue_tasks, open_storage
 
 SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -89,6 +89,27 @@ def test_workers_racing_for_the_same_tasks_evaluate_each_once(tmp_path):
     # every other trial is a copy or an empty claim that was dropped with its reason, or a copy still waiting
     # (enqueued by a worker that read the study before the others' tasks were visible, after the work was done)
     assert all(t.state == TrialState.WAITING or t.user_attrs.get("reason") for t in trials if not counted(t))
+
+
+def test_a_claim_that_finds_no_task_waiting_drops_the_new_trial(tmp_path):
+    """Another worker can pop the last waiting task between a worker's look at the study and its claim: Optuna then
+    hands out a new trial without a task, which a task-only claim drops (uncounted, with its reason) instead of
+    working on it."""
+    study = optuna.create_study(study_name="race", storage=open_storage(str(tmp_path / "race.log")))
+    enqueue_tasks(study, {"only": ({}, {})})
+    worked: list[str | None] = []
+
+    def work(trial: optuna.Trial) -> float:
+        worked.append(trial.user_attrs.get(TASK_ATTR))
+        return 1.0
+
+    claim(study, work, tasks_only=True)  # takes the waiting task
+    claim(study, work, tasks_only=True)  # nothing waits any more: a new trial, dropped
+    first, second = study.get_trials(deepcopy=False)
+    assert worked == ["only"]
+    assert counted(first) and first.user_attrs[TASK_ATTR] == "only"
+    assert second.state == TrialState.FAIL and not counted(second) and TASK_ATTR not in second.user_attrs
+    assert second.user_attrs["reason"] == "no task was waiting (another worker took the last one)"
 
 
 def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):

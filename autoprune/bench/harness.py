@@ -135,7 +135,7 @@ def _run_shared(settings: BenchSettings, study: Any, progress: bool) -> None:
 
     with Progress(len(settings.cells()), "bench", "cell", progress) as bar:
         while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-            claim_task(study, work)
+            claim_task(study, work, tasks_only=True)
             bar.set(sum(counted(t) for t in study.get_trials(deepcopy=False)))
 
 

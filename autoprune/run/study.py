@@ -249,15 +249,19 @@ def drop(trial: optuna.Trial, reason: str) -> None:
     raise Dropped(reason)
 
 
-def claim(study: optuna.Study, work: Callable[[optuna.Trial], Any], catch: tuple[type[Exception], ...] = ()) -> None:
+def claim(study: optuna.Study, work: Callable[[optuna.Trial], Any], catch: tuple[type[Exception], ...] = (),
+          tasks_only: bool = False) -> None:
     """Run one trial of ``study`` through ``work(trial)`` (its value, or an exception in ``catch`` to fail it).
 
     Optuna's optimize loop pops the oldest waiting trial (a new one when none waits), keeps the heartbeat of
     an RDB storage and first fails the stale trials of dead workers. The trial records this worker; a copy of
-    a task that a lower-numbered trial owns is dropped.
+    a task that a lower-numbered trial owns is dropped, and so, with ``tasks_only``, is a new trial (another
+    worker took the last waiting one between the caller's look and Optuna's pop).
     """
     def objective(trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", worker_id())
+        if tasks_only and TASK_ATTR not in trial.user_attrs:
+            drop(trial, "no task was waiting (another worker took the last one)")
         owner = owner_before(study, trial.number, trial.user_attrs.get(TASK_ATTR))
         if owner is not None:
             drop(trial, f"a copy of trial {owner}'s task")

@@ -232,7 +232,7 @@ def _scan_shared(evaluator: Evaluator, points: list[Point], storage: optuna.stor
         if set(tasks) <= done:
             break
         if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
-            claim(study, work)
+            claim(study, work, tasks_only=True)
         else:
             time.sleep(1.0)  # the last points are scored by other workers (or their worker died: settled here)
             reap_dead_trials(study, storage)
