@@ -5,9 +5,11 @@ a worker killed mid-generation replaced, the sensitivity scan's grid and a bench
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from autoprune.run.study import TASK_ATTR, claim, counted, enqueue_tasks, open_storage
+from autoprune.errors import BudgetError
+from autoprune.presets import load_env
+from autoprune.run.search import SearchSettings, run_search
+from autoprune.run.study import TASK_ATTR, claim, counted, enqueue_tasks, open_storage, reap_dead_trials
 
 SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -91,6 +96,17 @@ def test_workers_racing_for_the_same_tasks_evaluate_each_once(tmp_path):
     assert all(t.state == TrialState.WAITING or t.user_attrs.get("reason") for t in trials if not counted(t))
 
 
+def test_bad_input_on_several_workers_stops_the_workers_started_early_and_writes_nothing(tmp_path):
+    """The worker processes start before the command checks its input (their start overlaps its setup): an
+    impossible budget still ends in the one-line error, with every worker gone and no run directory."""
+    settings = SearchSettings(env=load_env("digits-demo").to_dict(), budget="0.001flops", method="random", evals=4,
+                              workers=3)
+    with pytest.raises(BudgetError, match="cannot be met"):
+        run_search(settings, str(tmp_path / "run"), progress=False)
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_claim_that_finds_no_task_waiting_drops_the_new_trial(tmp_path):
     """Another worker can pop the last waiting task between a worker's look at the study and its claim: Optuna then
     hands out a new trial without a task, which a task-only claim drops (uncounted, with its reason) instead of
@@ -110,6 +126,28 @@ def test_a_claim_that_finds_no_task_waiting_drops_the_new_trial(tmp_path):
     assert counted(first) and first.user_attrs[TASK_ATTR] == "only"
     assert second.state == TrialState.FAIL and not counted(second) and TASK_ATTR not in second.user_attrs
     assert second.user_attrs["reason"] == "no task was waiting (another worker took the last one)"
+
+
+def test_a_run_reaps_every_trial_its_killed_command_left_running(tmp_path):
+    """A command killed while the sampler proposed a trial leaves it running with no worker and no heartbeat: only
+    the run's own command, holding its study alone, can settle it (``every``); a trial with its parameters or task
+    is enqueued again, one with nothing begun is only failed."""
+    storage = open_storage(str(tmp_path / "study.log"))
+    study = optuna.create_study(study_name="run", storage=storage)
+    orphan = storage.create_new_trial(study._study_id)  # running: killed while sampling
+    enqueue_tasks(study, {"child": ({"x": 0.5}, {})})
+    study.ask()  # popped by a command killed before it recorded its worker: running, with its fixed parameters
+    alive = study.ask()
+    alive.suggest_float("x", 0.0, 1.0)
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # a live worker of this host
+    assert reap_dead_trials(study, storage) == 0  # none of them is a dead worker's
+    assert reap_dead_trials(study, storage, every=True) == 3
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials[:3]] == [TrialState.FAIL] * 3
+    assert trials[orphan].user_attrs["reason"] == "its command was killed before the trial recorded its worker"
+    retried = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(retried) == 2 and {t.user_attrs[TASK_ATTR] for t in retried} == {"child", "retry 2"}
+    assert next(t for t in retried if t.user_attrs[TASK_ATTR] == "child").system_attrs["fixed_params"] == {"x": 0.5}
 
 
 def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):

@@ -14,9 +14,11 @@ import copy
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from autoprune.core.latency_table import resolve_latency_model
 from autoprune.core.metrics import get_metric, recorded_metrics
 from autoprune.core.policy import PolicyRecord
 from autoprune.core.projection import check_below_dense
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.experiment import DataOptions, Experiment, build_experiment
 from autoprune.io import check_output_dir, prepare_output_dir
 from autoprune.presets import EnvConfig
@@ -158,6 +160,12 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
         AutopruneError: for any bad input, before anything is written.
         StopRequested: after a signal stopped the search (its message says what was written).
     """
+    parallel = settings.workers > 1 and get_searcher(settings.method).parallel
+    with WorkerPool(settings) if parallel else contextlib.nullcontext() as pool:
+        return _run_search(settings, out, progress, pool)
+
+
+def _run_search(settings: SearchSettings, out: str | None, progress: bool, pool: WorkerPool | None) -> Path:
     exp = settings.experiment()
     searcher = settings.searcher(exp)
     objectives = parse_objectives(settings.objectives)
@@ -172,7 +180,7 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
             storage = open_storage(None, run_dir)
             study = _open_run_study(storage, settings, run_dir, objectives)
             bind_settings(study, settings.to_dict())
-        reap_dead_trials(study, storage)
+        reap_dead_trials(study, storage, every=settings.storage is None)  # the run's own study, this command's alone yet
         recorded = recorded_candidates(study)
         _check_record(run_dir, len(recorded), settings)
         if recorded:
@@ -187,7 +195,8 @@ def run_search(settings: SearchSettings, out: str | None, progress: bool = True)
                 if settings.workers == 1:
                     search_in_process(searcher, exp, progress)
                 else:
-                    _search_with_workers(settings, searcher, exp, run_dir, study, progress, stop)
+                    assert pool is not None
+                    _search_with_workers(settings, searcher, exp, run_dir, study, pool, progress, stop)
             except StopRequested as e:
                 raise _stopped(e.signum, run_dir, exp, settings, study, time.perf_counter() - start) from None
         finish(run_dir, exp, settings, export_trials(study, exp.space.names, run_dir),
@@ -308,48 +317,101 @@ def _best_text(best: Any, dense_flops: float) -> str:
     return f"best {100 * best.proxy_acc:.2f}% at {best.flops / dense_flops:.3f} FLOPs"
 
 
-def _worker(settings: dict[str, Any], index: int, run_dir: str) -> None:
-    """One worker process: rebuild the experiment and work on the shared study."""
+def _worker(settings: dict[str, Any], index: int, go: Connection) -> None:
+    """One worker process: build the experiment while the command prepares the run, then, once the command sends
+    the run directory, work on the shared study."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the search: Ctrl-C stops the command, which stops this one
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     s = SearchSettings(**settings)
-    exp = s.experiment()
-    searcher = s.searcher(exp, worker=index)
-    storage = open_storage(s.storage, Path(run_dir))
+    try:
+        exp = s.experiment()
+        searcher = s.searcher(exp, worker=index)
+    except AutopruneError:
+        sys.exit(2)  # the command, building the same experiment, says what is wrong
+    try:
+        run_dir = Path(go.recv())
+    except EOFError:  # the command ended before searching
+        return
+    storage = open_storage(s.storage, run_dir)
     objectives = parse_objectives(s.objectives)
     study = open_study(storage, s.study, objectives)
-    _attach_records(exp, study, Path(run_dir), objectives)
-    searcher.attach_run(Path(run_dir), study, storage)
+    _attach_records(exp, study, run_dir, objectives)
+    searcher.attach_run(run_dir, study, storage)
     with graceful_stop() as stop:
         exp.evaluator.observers.append(stop)
-        with contextlib.suppress(StopRequested):  # the parent writes the outputs
+        with contextlib.suppress(StopRequested):  # the command writes the outputs
             searcher.search()
 
 
-def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Experiment, run_dir: Path, study: Any,
-                         progress: bool, stop: GracefulStop) -> None:
-    """Search on ``settings.workers`` workers sharing the run's study: this process is worker 0 (``searcher``, on
-    the experiment it has built, so it starts at once) and workers 1.. are spawned processes. A worker killed by a
-    signal that is not this command's is replaced (its trial is settled and evaluated again), up to once per worker."""
-    extra = settings.workers - 1
-    status(f"starting {plural(extra, 'more worker process', 'more worker processes')}; this process is worker 0")
-    context = multiprocessing.get_context("spawn")
+class WorkerPool:
+    """Workers 1..K-1 of a search on K workers (the command is worker 0), as spawned processes.
 
-    def start(index: int) -> Any:
-        process = context.Process(target=_worker, args=(settings.to_dict(), index, str(run_dir)), daemon=False)
+    They are started before the command validates the settings and builds its own experiment, so that their start
+    (imports, data, network) overlaps it; each then waits for the run directory (:meth:`go`). Leaving the block
+    before :meth:`go` (bad input, a signal) terminates them: a worker writes nothing before it has the run directory.
+    """
+
+    def __init__(self, settings: SearchSettings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: dict[int, Any] = {}
+        self.run_dir: Path | None = None
+        self._pipes: dict[int, Connection] = {}
+
+    def __enter__(self) -> WorkerPool:
+        for index in range(1, self.settings.workers):
+            self.start(index)
+        return self
+
+    def start(self, index: int) -> None:
+        """Start worker ``index`` (again, replacing one that was killed); it gets the run directory once known."""
+        receive, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_worker, args=(self.settings.to_dict(), index, receive), daemon=False)
         process.start()
-        return process
+        receive.close()
+        self.processes[index], self._pipes[index] = process, send
+        if self.run_dir is not None:
+            send.send(str(self.run_dir))
 
-    workers = {i: start(i) for i in range(1, settings.workers)}
+    def go(self, run_dir: Path) -> None:
+        """Send every worker the run directory: they open its study and search."""
+        self.run_dir = run_dir
+        for pipe in self._pipes.values():
+            with contextlib.suppress(OSError):  # a worker that died already is reported by its exit code
+                pipe.send(str(run_dir))
+
+    def alive(self) -> bool:
+        """Whether any worker is still running."""
+        return any(p.is_alive() for p in self.processes.values())
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes.values():
+            if process.is_alive() and (self.run_dir is None or exc[0] is not None):
+                process.terminate()
+            process.join()
+        for pipe in self._pipes.values():
+            pipe.close()
+
+
+def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Experiment, run_dir: Path, study: Any,
+                         pool: WorkerPool, progress: bool, stop: GracefulStop) -> None:
+    """Search on ``settings.workers`` workers sharing the run's study: this process is worker 0 (``searcher``, on
+    the experiment it has built) and the processes of ``pool`` are workers 1... A worker killed by a signal that is
+    not this command's is replaced (its trial is settled and evaluated again), up to once per worker."""
+    extra = settings.workers - 1
+    status(f"searching with {plural(extra, 'more worker process', 'more worker processes')}; this process is worker 0")
+    pool.go(run_dir)
+    workers = pool.processes
     replaced = 0
 
     def replace_killed() -> None:
         nonlocal replaced
-        for i, w in workers.items():
+        for i, w in list(workers.items()):
             if w.exitcode is not None and w.exitcode < 0 and stop.signum is None and replaced < extra:
                 status(f"worker {i} was killed by {signal.Signals(-w.exitcode).name}; starting another")
-                workers[i] = start(i)
+                pool.start(i)
                 replaced += 1
 
     stopping = threading.Event()
@@ -382,7 +444,7 @@ def _search_with_workers(settings: SearchSettings, searcher: Searcher, exp: Expe
                         os.kill(w.pid, signal.SIGTERM)
             while True:
                 replace_killed()
-                if not any(w.is_alive() for w in workers.values()):
+                if not pool.alive():
                     break
                 time.sleep(0.2)
                 show_count()

@@ -157,13 +157,16 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, every: bool = False) -> int:
     """Fail and re-enqueue the running trials of processes on this host that no longer exist.
 
     A worker killed mid-trial leaves its trial RUNNING. RDB storages detect that by heartbeat after a
     grace period; this settles it at once for local workers (and is the only way for journal
     storages, which have no heartbeat). The trial is enqueued again with its parameters and its task (a
     trial without one gets the task ``retry N``, so that two workers reaping it at once run it once).
+    With ``every`` (the study is the caller's alone: a run directory's own study, read before its workers
+    start), every running trial is a leftover of a killed command, also one killed before it recorded its
+    worker or its first heartbeat (while the sampler proposed it), which nothing else would ever settle.
     Returns the number of trials reaped here.
     """
     host = socket.gethostname()
@@ -171,17 +174,20 @@ def reap_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get("worker", ""))
         name, _, pid = owner.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
+        if not every and (name != host or not pid.isdigit() or _alive(int(pid))):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {owner} died")
+            storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {owner} died" if owner else
+                                        "its command was killed before the trial recorded its worker")
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker reaped it first
             continue
-        attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
-        attrs.setdefault(TASK_ATTR, f"retry {trial.number}")
-        study.enqueue_trial(trial.params, user_attrs=attrs)
+        params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
+        if params or TASK_ATTR in trial.user_attrs:  # what it was doing is done again (else: nothing was begun)
+            attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
+            attrs.setdefault(TASK_ATTR, f"retry {trial.number}")
+            study.enqueue_trial(params, user_attrs=attrs)
         reaped += 1
     return reaped
 

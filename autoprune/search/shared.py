@@ -12,6 +12,7 @@ its own loop in one process, as every searcher does.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ class StudySearcher(Searcher):
         time.sleep(min(self.poll_s, self.first_poll_s * 2 ** min(self._pauses, 10)))
         self._pauses += 1
         if self.wait_for_running:
-            optuna.storages.fail_stale_trials(self.study)  # type: ignore[arg-type]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # type: ignore[arg-type]
         elif self.storage is not None:
             reap_dead_trials(self.study, self.storage)  # type: ignore[arg-type]
