@@ -14,6 +14,7 @@ from autoprune.core.racing import Racing
 from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.errors import ConfigError
 from autoprune.experiment import build_experiment
+from autoprune.run.record import decode_hits, encode_hits
 from autoprune.search import get_searcher
 from autoprune.zoo.digits import DigitsCNN
 from autoprune.zoo.images import ImageSet
@@ -136,3 +137,18 @@ def test_nan_or_raising_networks_are_failed_candidates_never_picked(mode):
     result = get_searcher("random")(evaluator, Budget.parse("0.7flops"), evals=12, seed=0).search()
     assert any(c.status == "fail" for c in result.candidates) and any(c.ok for c in result.candidates)
     assert result.best is not None and result.best.ok and result.best.kept[space.names[0]] >= 6
+
+
+def test_an_incumbent_another_worker_scored_is_raced_from_its_recorded_hits(digits, monkeypatch):
+    """A worker records an incumbent's per-image hits on its trial; another worker's Evaluator adopts them and races
+    against the incumbent without scoring it again, and the hits are the ones it would have computed."""
+    incumbent = digits.evaluator.evaluate(Policy.uniform(digits.space.names, 0.25))
+    recorded = encode_hits(digits.evaluator.full_hits(incumbent.kept))
+    assert len(recorded) <= len(digits.evaluator.proxy) // 4  # packed bits: 1,000 images in 168 characters
+    other = build_experiment("digits-demo", racing="on").evaluator  # another worker's
+    rescored = other.hits(incumbent)  # what it had to do before: score the incumbent again
+    fresh = build_experiment("digits-demo", racing="on").evaluator
+    fresh.adopt_hits(incumbent.kept, decode_hits(recorded, len(fresh.proxy)))
+    monkeypatch.setattr("autoprune.core.evaluator.Scoring.advance", lambda *a, **k: pytest.fail("scored again"))
+    assert torch.equal(fresh.hits(incumbent), rescored)
+    assert rescored.dtype == torch.bool and rescored.float().mean().item() == pytest.approx(incumbent.proxy_acc)

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import BudgetError
 from autoprune.presets import load_env
+from autoprune.run.record import HITS_ATTR, decode_hits
 from autoprune.run.search import SearchSettings, run_search
 from autoprune.run.study import TASK_ATTR, claim, counted, enqueue_tasks, open_storage, reap_dead_trials
 
@@ -49,6 +50,10 @@ def test_random_search_on_three_workers_counts_every_evaluation_once(cli, tmp_pa
     samples = {tuple(sorted(t.user_attrs["sample"].items())) for t in done}
     assert len(samples) == 9  # each trial drew its own sample: no two workers evaluated the same draw
     assert {t.user_attrs["status"] for t in done} <= {"ok", "stopped"} and any(t.state == TrialState.PRUNED for t in done)
+    for t in done:  # a finished candidate carries its per-image hits: the other workers race against it from them
+        if t.state == TrialState.COMPLETE:
+            hits = decode_hits(t.user_attrs[HITS_ATTR], t.user_attrs["fidelity"])
+            assert hits.float().mean().item() == pytest.approx(t.user_attrs["proxy_acc"])
     rows = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert len(rows) == 9
     best = max(t.user_attrs["proxy_acc"] for t in done if t.state == TrialState.COMPLETE)

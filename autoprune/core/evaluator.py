@@ -379,6 +379,17 @@ class Evaluator:
             self._hits[key] = known = scoring.hits
         return known
 
+    def full_hits(self, kept: Mapping[str, int]) -> torch.Tensor | None:
+        """The per-image hits of a layout this Evaluator scored on every proxy image (None: it has not)."""
+        known = self._hits.get(self.key(kept))
+        return known if known is not None and len(known) == len(self.proxy) else None
+
+    def adopt_hits(self, kept: Mapping[str, int], hits: torch.Tensor) -> None:
+        """Take the per-image hits on every proxy image of a layout another worker scored (an incumbent it found),
+        so that racing compares candidates with it without scoring it again."""
+        if len(hits) == len(self.proxy) and self.full_hits(kept) is None:
+            self._hits[self.key(kept)] = hits
+
     def keep(self, candidate: Candidate, hits: torch.Tensor | None) -> None:
         """Cache a finished candidate and its per-image hits, keeping whichever record has scored more images."""
         key = self.key(candidate.kept)

@@ -12,14 +12,17 @@ so a damaged or stale copy is replaced.
 
 from __future__ import annotations
 
+import base64
 import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.core.evaluator import Candidate
@@ -30,6 +33,9 @@ from autoprune.io import atomic_write_text
 from autoprune.run.study import counted, objective_values, unit_distributions
 
 TRIALS_FILE = "trials.csv"
+HITS_ATTR = "hits"
+"""Trial attribute with a candidate's per-image hits on every proxy image (:func:`encode_hits`): the workers of a
+shared study race their candidates against an incumbent another worker found without scoring it again."""
 TIMINGS = ("prune", "recover", "recalibrate", "score", "cost", "latency", "total")
 _OWN_META = ("method", "within_budget", "sample")  # meta keys with attributes of their own
 
@@ -96,6 +102,18 @@ def recorded_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's candidate trials (finished, or failed by their evaluation), in the order they finished."""
     trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     return sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number))
+
+
+def encode_hits(hits: torch.Tensor) -> str:
+    """Per-image hits (booleans) as text for a trial attribute: base64 of the packed bits (1,000 images: 168
+    characters)."""
+    return base64.b64encode(np.packbits(hits.numpy().astype(bool)).tobytes()).decode("ascii")
+
+
+def decode_hits(text: str, images: int) -> torch.Tensor:
+    """The first ``images`` per-image hits :func:`encode_hits` wrote."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:images]
+    return torch.from_numpy(bits.astype(bool))
 
 
 def candidate_from_trial(trial: FrozenTrial, position: int) -> Candidate:

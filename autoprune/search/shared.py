@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from autoprune.core.evaluator import Candidate
 from autoprune.core.policy import Policy
-from autoprune.run.record import candidate_attrs, candidate_from_trial
+from autoprune.run.record import HITS_ATTR, candidate_attrs, candidate_from_trial, decode_hits, encode_hits
 from autoprune.run.study import (
     claim,
     counted,
@@ -47,14 +47,15 @@ class StudySearcher(Searcher):
         wait_for_running: when the last evaluations are running in other workers, wait for them (and take over
             any that go stale) instead of stopping; set for storages with a heartbeat.
         poll_s: most seconds between looks at the study while waiting (the first looks come sooner: the wait
-            doubles from ``first_poll_s`` each time nothing has changed, so a generation's last child is seen at once).
+            doubles from ``first_poll_s`` each time nothing has changed). A worker waiting for a generation's last
+            child sees it finish within ``poll_s``: at 1 s, two workers of evolution idled about 11% of a search.
     """
 
     parallel = True
     objectives: tuple[str, ...] = ("acc",)
     study: optuna.Study | None = None
     wait_for_running = False
-    poll_s = 1.0
+    poll_s = 0.2
     first_poll_s = 0.05
     _pauses = 0
 
@@ -85,7 +86,12 @@ class StudySearcher(Searcher):
             if a.get("status") == "ok" and a.get("within_budget") and (best is None or
                                                                          a["proxy_acc"] > best.user_attrs["proxy_acc"]):
                 best = t
-        return None if best is None else candidate_from_trial(best, best.number)
+        if best is None:
+            return None
+        candidate = candidate_from_trial(best, best.number)
+        if HITS_ATTR in best.user_attrs:  # found by another worker: racing needs no second scoring of it here
+            self.evaluator.adopt_hits(candidate.kept, decode_hits(best.user_attrs[HITS_ATTR], len(self.evaluator.proxy)))
+        return candidate
 
     def run_open(self) -> None:
         """Claim trials until the study holds ``evals`` candidates; a new trial gets :meth:`propose_for`'s policy."""
@@ -127,6 +133,9 @@ class StudySearcher(Searcher):
         candidate = self.evaluate(policy, {**meta, "optuna_trial": trial.number})
         for key, value in candidate_attrs(candidate).items():
             trial.set_user_attr(key, value)
+        hits = self.evaluator.full_hits(candidate.kept) if candidate.ok and self.racing else None
+        if hits is not None:
+            trial.set_user_attr(HITS_ATTR, encode_hits(hits))
         if len(self.objectives) == 1:  # Optuna keeps intermediate values for one objective only
             for images, accuracy in candidate.curve.items():
                 trial.report(accuracy, images)
