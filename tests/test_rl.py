@@ -66,7 +66,23 @@ def test_sac_takes_more_updates_per_transition_and_its_starting_entropy_coeffici
     assert default.ent_coef == "auto_0.05" and amc.ent_coef == "auto_1.0"
     assert float(default.log_ent_coef.detach().exp()) < 0.06 < 0.9 < float(amc.log_ent_coef.detach().exp())
     ddpg = get_searcher("ddpg")(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, warmup=1)
-    assert ddpg.settings["updates"] == 1 and "entropy" not in ddpg.settings
+    assert ddpg.settings["updates"] == 1 and "entropy" not in ddpg.settings and "target_entropy" not in ddpg.settings
+
+
+def test_sac_tunes_its_entropy_coefficient_towards_the_target_entropy(digits):
+    """``target_entropy`` is the entropy per step SAC's coefficient is tuned towards (stable-baselines3's -1 for
+    one action by default); it is SAC's alone, and must be a finite number."""
+    digits.evaluator.observers.clear()
+    sac = get_searcher("sac")
+    default = sac(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, warmup=3)
+    higher = sac(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, warmup=3, target_entropy=0.5)
+    default.search()
+    higher.search()
+    assert default.agent.target_entropy == -1.0 and higher.agent.target_entropy == 0.5
+    with pytest.raises(ConfigError, match="--target-entropy does not apply to --method ddpg"):
+        get_searcher("ddpg")(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, target_entropy=0.0)
+    with pytest.raises(ConfigError, match="--target-entropy must be a finite number"):
+        sac(digits.evaluator, Budget.parse("0.5flops"), evals=3, seed=0, target_entropy=float("nan"))
 
 
 def test_replay_buffer_centres_terminal_rewards():

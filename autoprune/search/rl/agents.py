@@ -193,6 +193,7 @@ def make_agent(
     warmup_draw: str = "actions",
     updates: int = 1,
     entropy: float = 1.0,
+    target_entropy: float = -1.0,
 ) -> BaseAlgorithm:
     """A new ``ddpg``, ``td3``, ``sac`` or ``ppo`` agent on ``env`` (AMC's settings with the defaults of the
     last three).
@@ -214,6 +215,8 @@ def make_agent(
         batch_size: minibatch of each off-policy update.
         updates: gradient steps per transition, made after each episode (off-policy agents; AMC: 1).
         entropy: SAC's entropy coefficient at the start, tuned from there (stable-baselines3's ``auto_<entropy>``).
+        target_entropy: the entropy per step SAC's coefficient is tuned towards (stable-baselines3's default: minus
+            the action's dimension, -1 here).
         tensorboard: TensorBoard log folder, or None.
     """
     common: dict[str, Any] = {"gamma": 1.0, "seed": seed, "device": "cpu", "verbose": 0, "tensorboard_log": tensorboard,
@@ -232,6 +235,7 @@ def make_agent(
                                                          floor=noise_floor)
     if kind == "sac":
         off_policy["ent_coef"] = f"auto_{entropy}"
+        off_policy["target_entropy"] = target_entropy
     agent = AGENTS[kind]("MlpPolicy", env, **off_policy, **common)
     agent.critic_lr = lr_critic  # type: ignore[attr-defined]
     plan_warmup(agent, env, warmup_draw)

@@ -13,6 +13,7 @@ makes only the episodes its ``trials.csv`` does not hold yet.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,17 +35,19 @@ if TYPE_CHECKING:
 
 DEFAULTS: dict[str, Any] = {"warmup": 100, "warmup_draw": "random", "noise_sigma": 0.5, "noise_decay": 0.95,
                             "noise_floor": 0.3, "lr_actor": 1e-4, "lr_critic": 1e-3, "batch_size": 64,
-                            "reward_norm": "standard", "updates": 1, "entropy": 1.0}
+                            "reward_norm": "standard", "updates": 1, "entropy": 1.0, "target_entropy": -1.0}
 SAC_UPDATES = 8
 SAC_ENTROPY = 0.05
 """SAC's defaults for ``updates`` and ``entropy`` (the other agents take AMC's one step per transition)."""
+SAC_ONLY = ("entropy", "target_entropy")
+"""Settings only SAC takes."""
 AMC_SETTINGS: dict[str, Any] = {"action_mode": "amc", "warmup_draw": "actions", "noise_floor": 0.0,
                                 "reward_norm": "baseline"}
 """What reproduces AMC's setup (its warm-up length, noise, learning rates and batch are the defaults)."""
 _FLAGS = {"warmup": "--warmup", "warmup_draw": "--warmup-draw", "noise_sigma": "--noise-sigma",
           "noise_decay": "--noise-decay", "noise_floor": "--noise-floor", "lr_actor": "--lr-actor",
           "lr_critic": "--lr-critic", "batch_size": "--batch-size", "reward_norm": "--reward-norm",
-          "updates": "--updates", "entropy": "--entropy"}
+          "updates": "--updates", "entropy": "--entropy", "target_entropy": "--target-entropy"}
 RL_WARMUP_SHARE = 3  # a benchmark cell shorter than 3 x AMC's warm-up spends a third of its episodes on it
 _AGENT_OPTIONS = {
     "warmup": SearchOption("warmup", "episodes before learning (default 100; see --warmup-draw)", int, metavar="N"),
@@ -67,6 +70,9 @@ _AGENT_OPTIONS = {
                             "sac: 8)", int, metavar="N"),
     "entropy": SearchOption("entropy", "sac: the entropy coefficient it starts from and tunes (default 0.05; "
                             "stable-baselines3's: 1.0)", float, metavar="A"),
+    "target_entropy": SearchOption("target_entropy", "sac: the entropy per step its coefficient is tuned towards "
+                                   "(default -1, stable-baselines3's; higher keeps the actor more random)", float,
+                                   metavar="H"),
 }
 _RUN_OPTIONS = (
     SearchOption("action_mode", "how an action becomes a ratio: project (free, the episode's shape projected onto the "
@@ -146,7 +152,7 @@ class RLSearcher(Searcher):
     """
 
     algorithm: ClassVar[str]
-    agent_settings: ClassVar[tuple[str, ...]] = tuple(k for k in DEFAULTS if k != "entropy")
+    agent_settings: ClassVar[tuple[str, ...]] = tuple(k for k in DEFAULTS if k not in SAC_ONLY)
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
     options = _options(agent_settings)
     episodic = True
@@ -183,6 +189,7 @@ class RLSearcher(Searcher):
         reward_norm: str | None = None,
         updates: int | None = None,
         entropy: float | None = None,
+        target_entropy: float | None = None,
         action_mode: str = "project",
         state: str = "amc",
         warm_start: str | Path | None = None,
@@ -196,7 +203,7 @@ class RLSearcher(Searcher):
         self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         given = {"warmup": warmup, "warmup_draw": warmup_draw, "noise_sigma": noise_sigma, "noise_decay": noise_decay,
                  "noise_floor": noise_floor, "lr_actor": lr_actor, "lr_critic": lr_critic, "batch_size": batch_size,
-                 "reward_norm": reward_norm, "updates": updates, "entropy": entropy}
+                 "reward_norm": reward_norm, "updates": updates, "entropy": entropy, "target_entropy": target_entropy}
         unused = [_FLAGS[k] for k, v in given.items() if v is not None and k not in self.agent_settings]
         if unused:
             raise ConfigError(f"{', '.join(unused)} do{'es' if len(unused) == 1 else ''} not apply to --method {self.name}; "
@@ -367,6 +374,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward_norm": (lambda v: v in REWARD_NORMS, f"one of {', '.join(REWARD_NORMS)}"),
     "updates": (lambda v: isinstance(v, int) and v >= 1, ">= 1 (an integer)"),
     "entropy": (lambda v: v > 0, "> 0"),
+    "target_entropy": (lambda v: math.isfinite(v), "a finite number"),
 }
 
 
@@ -405,7 +413,8 @@ class SACSearcher(RLSearcher):
     name = "sac"
     summary = "SAC on the pruning environment"
     algorithm = "sac"
-    agent_settings = ("warmup", "warmup_draw", "lr_actor", "lr_critic", "batch_size", "reward_norm", "updates", "entropy")
+    agent_settings = ("warmup", "warmup_draw", "lr_actor", "lr_critic", "batch_size", "reward_norm", "updates",
+                      *SAC_ONLY)
     options = _options(agent_settings)
     defaults: ClassVar[dict[str, Any]] = {**DEFAULTS, "updates": SAC_UPDATES, "entropy": SAC_ENTROPY}
 
