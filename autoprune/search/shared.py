@@ -89,8 +89,7 @@ class StudySearcher(Searcher):
         if best is None:
             return None
         candidate = candidate_from_trial(best, best.number)
-        # found by another worker: its recorded hits spare racing a second scoring of it (decoded once)
-        if HITS_ATTR in best.user_attrs and self.evaluator.full_hits(candidate.kept) is None:
+        if HITS_ATTR in best.user_attrs:  # found by another worker: racing needs no second scoring of it here
             self.evaluator.adopt_hits(candidate.kept, decode_hits(best.user_attrs[HITS_ATTR], len(self.evaluator.proxy)))
         return candidate
 
