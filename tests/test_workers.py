@@ -24,7 +24,7 @@ from autoprune.errors import BudgetError
 from autoprune.presets import load_env
 from autoprune.run.record import HITS_ATTR, decode_hits
 from autoprune.run.search import SearchSettings, run_search
-from autoprune.run.study import TASK_ATTR, claim, counted, enqueue_tasks, open_storage, reap_dead_trials
+from autoprune.run.study import TASK_ATTR, ahead_of, claim, counted, enqueue_tasks, open_storage, reap_dead_trials
 
 SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,6 +131,24 @@ def test_a_claim_that_finds_no_task_waiting_drops_the_new_trial(tmp_path):
     assert counted(first) and first.user_attrs[TASK_ATTR] == "only"
     assert second.state == TrialState.FAIL and not counted(second) and TASK_ATTR not in second.user_attrs
     assert second.user_attrs["reason"] == "no task was waiting (another worker took the last one)"
+
+
+def test_a_new_trial_counts_a_lower_waiting_one_ahead_of_it(tmp_path):
+    """A dead worker's trial enqueued again is numbered when enqueued; a worker that found nothing waiting an instant
+    before creates the next trial. With one evaluation left, exactly one of the two must run: the new trial counts
+    the waiting one ahead of it (and drops), the retry does not count the new one (and runs). Left out, the waiting
+    trial let both run (seen once on PostgreSQL: 61 candidates of 60)."""
+    storage = open_storage(str(tmp_path / "race.log"))
+    study = optuna.create_study(study_name="race", storage=storage)
+    for value in (0.1, 0.2):
+        study.tell(study.ask(), value)
+    study.enqueue_trial({}, user_attrs={TASK_ATTR: "retry 9"})  # number 2, waiting
+    storage.create_new_trial(study._study_id)  # number 3, running: created by a worker that saw nothing waiting
+    assert ahead_of(study.get_trials(deepcopy=False), 3) == 3  # with 3 evaluations asked: dropped
+    retry = study.ask()  # another worker pops the waiting one
+    trials = study.get_trials(deepcopy=False)
+    assert retry.number == 2 and trials[2].state == TrialState.RUNNING
+    assert ahead_of(trials, 2) == 2  # the new trial above it is not ahead: the retry runs, the study holds 3
 
 
 def test_a_run_reaps_every_trial_its_killed_command_left_running(tmp_path):

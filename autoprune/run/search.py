@@ -367,6 +367,8 @@ class WorkerPool:
 
     def start(self, index: int) -> None:
         """Start worker ``index`` (again, replacing one that was killed); it gets the run directory once known."""
+        if index in self._pipes:  # the pipe of the worker this one replaces
+            self._pipes[index].close()
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_worker, args=(self.settings.to_dict(), index, receive), daemon=False)
         process.start()

@@ -216,6 +216,14 @@ def counted(trial: FrozenTrial) -> bool:
     ) or (trial.state == TrialState.PRUNED and trial.user_attrs.get("status") == "stopped")
 
 
+def ahead_of(trials: Sequence[FrozenTrial], number: int) -> int:
+    """How many candidates of a study come before trial ``number``: the counted trials and those below it that are
+    running or waiting (a waiting one, a dead worker's enqueued again, is numbered when enqueued: a trial created
+    just after it and the worker that claims it would each miss the other if waiting ones were left out)."""
+    return sum(counted(t) or (t.number < number and t.state in (TrialState.RUNNING, TrialState.WAITING))
+               for t in trials)
+
+
 def enqueue_tasks(study: optuna.Study, tasks: Mapping[str, tuple[Mapping[str, float], Mapping[str, Any]]]) -> int:
     """Enqueue each task (``name -> (params, user attributes)``) that no trial of the study holds yet; returns how
     many were enqueued."""

@@ -271,7 +271,7 @@ class EvolutionSearcher(StudySearcher):
         while True:
             trials = self.study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials):
-                claim(self.study, self._child, catch=(CandidateFailed,))
+                claim(self.study, self._child, catch=(CandidateFailed,), tasks_only=True)
                 continue
             generation = max((int(t.user_attrs["generation"]) for t in trials if "generation" in t.user_attrs),
                              default=-1)
@@ -313,7 +313,7 @@ class EvolutionSearcher(StudySearcher):
     def _child(self, trial: optuna.Trial) -> float:
         """Evaluate a claimed child, racing the best candidate of the study."""
         enqueued = waiting_params(trial)
-        if enqueued is None or TASK_ATTR not in trial.user_attrs:
+        if enqueued is None:  # (claimed with tasks_only: every trial here was enqueued with its child)
             drop(trial, "no child was waiting (another worker took it)")
         policy = Policy(enqueued)  # type: ignore[arg-type]
         self.record_params(trial, policy)

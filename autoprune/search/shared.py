@@ -24,6 +24,7 @@ from autoprune.core.evaluator import Candidate
 from autoprune.core.policy import Policy
 from autoprune.run.record import HITS_ATTR, candidate_attrs, candidate_from_trial, decode_hits, encode_hits
 from autoprune.run.study import (
+    ahead_of,
     claim,
     counted,
     drop,
@@ -89,7 +90,8 @@ class StudySearcher(Searcher):
         if best is None:
             return None
         candidate = candidate_from_trial(best, best.number)
-        if HITS_ATTR in best.user_attrs:  # found by another worker: racing needs no second scoring of it here
+        # found by another worker: its recorded hits spare racing a second scoring of it (decoded once)
+        if HITS_ATTR in best.user_attrs and self.evaluator.full_hits(candidate.kept) is None:
             self.evaluator.adopt_hits(candidate.kept, decode_hits(best.user_attrs[HITS_ATTR], len(self.evaluator.proxy)))
         return candidate
 
@@ -109,8 +111,7 @@ class StudySearcher(Searcher):
 
     def _open_trial(self, trial: optuna.Trial) -> float | list[float]:
         trials = self.study.get_trials(deepcopy=False)  # type: ignore[union-attr]
-        ahead = sum(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number) for t in trials)
-        if ahead >= self.evals:  # another worker took the last evaluation first
+        if ahead_of(trials, trial.number) >= self.evals:  # other workers took the last evaluations first
             trial.set_user_attr("surplus", True)
             drop(trial, "the study already holds its evaluations")
         policy, meta = self.propose_for(trial)
