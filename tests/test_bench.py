@@ -251,11 +251,15 @@ def test_workers_study_reports_speed_up_and_quality():
              {**cell, "workers": 1, "seed": 1, "seconds": 110.0, "wall_seconds": 130.0},
              {**cell, "workers": 2, "seed": 0, "seconds": 50.0, "wall_seconds": 70.0, "proxy_acc": 0.52},
              {**cell, "workers": 2, "seed": 1, "seconds": 60.0, "wall_seconds": 80.0, "proxy_acc": 0.52}]
+    cells += [{**c, "method": "evolution", "speculative": 0, "speculative_dropped": 0} for c in cells[:2]]
+    cells += [{**c, "method": "evolution", "speculative": n, "speculative_dropped": n - 1}
+              for c, n in zip(cells[2:4], (5, 7))]
     lines = report_lines(cells, [1, 2])
     assert lines[2] == ("| random | 1 | 2 | 105.0 ± 7.1 | 1.00x | 1.00 ± 0.00x | 125.0 ± 7.1 | 1.00x | 50.00 ± 0.00 "
-                        "| 40.00 ± 0.00 | — |")
+                        "| 40.00 ± 0.00 | — | — |")
     assert lines[3] == ("| random | 2 | 2 | 55.0 ± 7.1 | 1.91x | 1.92 ± 0.12x | 75.0 ± 7.1 | 1.67x | 52.00 ± 0.00 "
-                        "| 40.00 ± 0.00 | no |")
+                        "| 40.00 ± 0.00 | no | — |")
+    assert lines[5].startswith("| evolution | 2 | 2 | 55.0 ± 7.1 | 1.91x") and lines[5].endswith("| 6.0 ± 1.4 / 5.0 ± 1.4 |")
 
 
 @pytest.mark.slow

@@ -209,10 +209,32 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     dead = next(t for t in trials if t.number == killed.number)
     if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again
         assert "died" in dead.user_attrs["reason"] and not counted(dead)
-        assert dead.user_attrs[TASK_ATTR] in tasks
+        parents = {t.user_attrs["parent"] for t in done if t.user_attrs["generation"] == dead.user_attrs["generation"]}
+        # its child is evaluated again, unless it was built speculatively from a parent that was then replaced
+        assert dead.user_attrs[TASK_ATTR] in tasks or parents != {dead.user_attrs["parent"]}
     # the killed worker was replaced (whether the replacement still finds a child to claim depends on timing)
     assert re.search(r"worker \d was killed by SIGKILL; starting another", err), err
     assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 100
+
+
+@pytest.mark.slow
+def test_evolution_on_three_workers_records_the_search_one_worker_makes(cli, tmp_path):
+    """Workers that would idle at a generation's end score the next one speculatively; only children whose parent
+    held are recorded, so three workers record the very children (task, parent, layout) that one worker does."""
+    recorded = []
+    for workers in (1, 3):
+        code, _, err = cli(*SEARCH, "--method", "evolution", "--offspring", "4", "--evals", "61", "--racing", "off",
+                           "--workers", str(workers), "--storage", f"w{workers}.log", "--out", f"run{workers}")
+        assert code == 0, err
+        trials = _trials(tmp_path / f"w{workers}.log", "digits-demo-0.5flops-evolution")
+        done = [t for t in trials if counted(t)]
+        assert len(done) == 61 and len(pd.read_csv(tmp_path / f"run{workers}" / "trials.csv")) == 61
+        recorded.append({t.user_attrs[TASK_ATTR]: (t.user_attrs["kept"], t.user_attrs["proxy_acc"]) for t in done})
+        dropped = [t for t in trials if t.state == TrialState.FAIL and "was replaced by" in t.user_attrs.get("reason", "")]
+        assert all(t.user_attrs[TASK_ATTR] not in recorded[-1] for t in dropped)
+        if workers > 1:  # (workers join after their setup, ~5 s; then some idle at each generation's end)
+            assert dropped or any(t.user_attrs.get("speculative") for t in done)
+    assert recorded[0] == recorded[1]
 
 
 def test_a_method_that_cannot_run_in_parallel_says_so(fails):

@@ -14,7 +14,8 @@ incumbent, and the evolutionary searcher selects offspring on growing slices.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,15 @@ class Scoring:
     def loses_to(self, incumbent: torch.Tensor, racing: Racing) -> bool:
         """Whether, on the images scored so far, it cannot beat an incumbent with per-image hits ``incumbent``."""
         return not self.failed and not self.complete and racing.loses(self.hits, incumbent, len(self.evaluator.proxy))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count in the candidate's time (held unfinished while waiting on others)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - began
 
     def finish(self) -> Candidate:
         """Record the candidate (``ok`` when every image is scored, ``stopped`` before, ``fail`` on failure), keep
@@ -356,15 +366,26 @@ class Evaluator:
             for observer in self.observers:
                 observer(candidate)
             return candidate
-        scoring = Scoring(self, policy, kept, dict(meta or {}), start, self._hits.get(key), hit)
+        return self._race(Scoring(self, policy, kept, dict(meta or {}), start, self._hits.get(key), hit),
+                          incumbent).finish()
+
+    def race(self, policy: Policy, meta: Mapping[str, Any] | None = None, *,
+             incumbent: Candidate | None = None) -> Scoring:
+        """Score ``policy`` as :meth:`evaluate` does (racing ``incumbent``) but leave it unfinished: nothing is
+        recorded until its :meth:`Scoring.finish`, and nothing ever if it is dropped (a speculative candidate whose
+        premise failed)."""
+        return self._race(self.start(policy, meta), incumbent)
+
+    def _race(self, scoring: Scoring, incumbent: Candidate | None) -> Scoring:
+        racing = self.racing if incumbent is not None and incumbent.ok else None
         if racing is not None:
             against = self.hits(incumbent)  # type: ignore[arg-type]
             for images in racing.stages[:-1]:
                 scoring.advance(images)
                 if scoring.failed or scoring.loses_to(against, racing):
-                    return scoring.finish()
+                    return scoring
         scoring.advance()
-        return scoring.finish()
+        return scoring
 
     def hits(self, candidate: Candidate) -> torch.Tensor:
         """Whether the candidate's network gets each proxy image right (scored again if this Evaluator has not

@@ -225,19 +225,23 @@ class Searcher(ABC):
         The candidate's ``meta`` records the method, whether it meets the budget and ``meta``. When the search
         races, a candidate within the budget races the best one so far and may come back ``stopped``.
         """
-        self.space.check_policy(policy)
-        kept = self.space.kept(policy)
-        within = self.cost(kept) <= self.limit
+        kept, meta = self.candidate_meta(policy, meta)
         if self._replay:
             candidate = self._replay.popleft()
             if candidate.kept != kept:
                 raise ConfigError(f"the run's record does not match what {self.name} proposes again (recorded "
                                   f"candidate {candidate.index} differs); it cannot be resumed: choose another --out")
         else:
-            incumbent = self.incumbent() if self.racing and within else None
-            candidate = self.evaluator.evaluate(policy, {"method": self.name, **(meta or {}), "within_budget": within},
-                                                incumbent=incumbent)
+            incumbent = self.incumbent() if self.racing and meta["within_budget"] else None
+            candidate = self.evaluator.evaluate(policy, meta, incumbent=incumbent)
         return self.record(candidate)
+
+    def candidate_meta(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+        """Check ``policy`` against the space; its kept channels and what its candidate records: the method, whether
+        it meets the budget, and ``meta``."""
+        self.space.check_policy(policy)
+        kept = self.space.kept(policy)
+        return kept, {"method": self.name, **(meta or {}), "within_budget": self.cost(kept) <= self.limit}
 
     def incumbent(self) -> Candidate | None:
         """The candidate a new one races: the best within the budget so far."""

@@ -18,7 +18,12 @@ process and is left out). The next generation is a deterministic function of the
 generations (its parent is their best candidate scored on every image, its mutations draw from the stream
 ``(seed, generation)``), so any worker builds it, once the last child is recorded: a worker killed while
 evaluating or building loses nothing, and two workers building at once enqueue the same children, of which
-the first copies are kept.
+the first copies are kept. A child's task names its parent. A worker with nothing to claim while a
+generation's last children run elsewhere builds the next generation from the best candidate so far and
+scores its children speculatively (their trials are marked ``speculative``), each held unrecorded until the
+generation before is: kept when its parent is still the best, which is the usual case, else dropped uncounted
+and the generation built again from the new parent. The recorded search is the one a single worker makes; the
+speculation only fills what would be idle time at each generation's end.
 """
 
 from __future__ import annotations
@@ -266,23 +271,28 @@ class EvolutionSearcher(StudySearcher):
 
     def _run_shared(self) -> None:
         """Evaluate the waiting children of the study, building each generation once the one before is recorded
-        (again, where a builder died halfway), until ``evals`` children are recorded."""
+        (again, where a builder died halfway), until ``evals`` children are recorded. A worker that finds nothing
+        to claim while the last children of a generation run elsewhere builds the next one speculatively, from
+        the best candidate so far, instead of idling."""
         assert self.study is not None
         while True:
             trials = self.study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials):
                 claim(self.study, self._child, catch=(CandidateFailed,), tasks_only=True)
                 continue
-            generation = max((int(t.user_attrs["generation"]) for t in trials if "generation" in t.user_attrs),
-                             default=-1)
-            tasks = {_task(generation, i) for i in range(self._size(generation))} if generation >= 0 else set()
-            if tasks <= done_tasks(trials):
-                if not self._size(generation + 1) or not self._build(generation + 1, trials):
-                    return
-            elif not tasks <= {t.user_attrs.get(TASK_ATTR) for t in trials}:
-                self._build(generation, trials)
-            else:
-                self.pause()  # its last children run in other workers (or died there: settled here)
+            generation = self._current(trials)
+            parent = self._parent(generation, trials)
+            if not self._size(generation) or (generation and parent is None):
+                return  # every generation is recorded, or nothing scored on every image is left to mutate
+            held = {t.user_attrs.get(TASK_ATTR) for t in trials}
+            if not self._tasks(generation, parent) <= held:
+                self._build(generation, parent)
+                continue
+            ahead = self._parent(generation + 1, trials)  # the next parent, if the running children do not beat it
+            if self._size(generation + 1) and ahead is not None and not self._tasks(generation + 1, ahead) <= held:
+                self._build(generation + 1, ahead)
+                continue
+            self.pause()  # its last children run in other workers (or died there: settled here)
 
     def _size(self, generation: int) -> int:
         """Children of a generation (generation 0: the starting points), so that all of them make ``evals``."""
@@ -291,35 +301,91 @@ class EvolutionSearcher(StudySearcher):
             return first
         return max(0, min(self.offspring, self.evals - first - (generation - 1) * self.offspring))
 
-    def _build(self, generation: int, trials: Sequence[FrozenTrial]) -> bool:
-        """Enqueue the children of ``generation`` that no trial holds yet: the starting points, or mutations of the
-        best candidate the earlier generations scored on every image; False when there is none to mutate."""
-        if generation == 0:
+    def _current(self, trials: Sequence[FrozenTrial]) -> int:
+        """The first generation whose children (those of its true parent) are not all recorded."""
+        done = done_tasks(trials)
+        generation = 0
+        while self._size(generation):
+            parent = self._parent(generation, trials)
+            if (generation and parent is None) or not self._tasks(generation, parent) <= done:
+                break
+            generation += 1
+        return generation
+
+    @staticmethod
+    def _parent(generation: int, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+        """The parent of ``generation``: the best child of the earlier generations scored on every image (ties: the
+        latest), or None (generation 0, or none was)."""
+        scored = [t for t in trials if t.state == TrialState.COMPLETE and "generation" in t.user_attrs
+                  and int(t.user_attrs["generation"]) < generation]
+        if not generation or not scored:
+            return None
+        return max(scored, key=lambda t: (t.user_attrs["proxy_acc"], t.user_attrs["generation"], t.user_attrs["slot"]))
+
+    def _tasks(self, generation: int, parent: FrozenTrial | None) -> set[str]:
+        return {_task(generation, slot, parent) for slot in range(self._size(generation))}
+
+    def _build(self, generation: int, parent: FrozenTrial | None) -> None:
+        """Enqueue the children of ``generation`` by ``parent`` that no trial holds yet: the starting points, or
+        mutations of the parent drawn from the stream ``(seed, generation)``."""
+        if parent is None:
             children = [self.space.kept(p) for p in self._starts()]
         else:
-            scored = [t for t in trials if t.state == TrialState.COMPLETE and "generation" in t.user_attrs
-                      and int(t.user_attrs["generation"]) < generation]
-            if not scored:
-                return False
-            best = max(scored, key=lambda t: (t.user_attrs["proxy_acc"], t.user_attrs["generation"], t.user_attrs["slot"]))
             self.rng = np.random.default_rng((self.seed, generation))
-            parent = {n: int(k) for n, k in best.user_attrs["kept"].items()}
-            children = [self._mutate(parent) for _ in range(self._size(generation))]
-        enqueue_tasks(self.study, {_task(generation, i): (dict(self.space.policy_from_kept(kept)),  # type: ignore[arg-type]
-                                                          {"generation": generation, "slot": i})
+            kept = {n: int(k) for n, k in parent.user_attrs["kept"].items()}
+            children = [self._mutate(kept) for _ in range(self._size(generation))]
+        tag = _tag(parent)
+        enqueue_tasks(self.study, {_task(generation, i, parent): (dict(self.space.policy_from_kept(kept)),  # type: ignore[arg-type]
+                                                                  {"generation": generation, "slot": i, "parent": tag})
                                    for i, kept in enumerate(children)})
-        return True
 
     def _child(self, trial: optuna.Trial) -> float:
-        """Evaluate a claimed child, racing the best candidate of the study."""
+        """Evaluate a claimed child, racing the best candidate of the study. A child built speculatively (its
+        generation's parent is not settled yet) is scored, then held unrecorded until the generation before it is
+        recorded: kept if its parent is still the best, else dropped uncounted, like one claimed after that."""
+        assert self.study is not None
         enqueued = waiting_params(trial)
         if enqueued is None:  # (claimed with tasks_only: every trial here was enqueued with its child)
             drop(trial, "no child was waiting (another worker took it)")
         policy = Policy(enqueued)  # type: ignore[arg-type]
         self.record_params(trial, policy)
         generation = int(trial.user_attrs["generation"])
-        return self.evaluate_trial(trial, policy, {"generation": generation} if generation else {"start": True})  # type: ignore[return-value]
+        meta = {"generation": generation} if generation else {"start": True}
+        if generation <= self._current(self.study.get_trials(deepcopy=False)):
+            self._check_parent(trial, generation)
+            return self.evaluate_trial(trial, policy, meta)  # type: ignore[return-value]
+        scoring = self.race_trial(trial, policy, meta)
+        trial.set_user_attr("speculative", True)  # (dropped with it: a scoring spent in vain)
+        with scoring.paused():
+            self._await_generation(trial, generation - 1)
+        self._check_parent(trial, generation)
+        return self.finish_trial(trial, self.record(scoring.finish()))  # type: ignore[return-value]
+
+    def _await_generation(self, trial: optuna.Trial, generation: int) -> None:
+        """Wait until ``generation`` is recorded; give up (dropping ``trial``) when one of its children waits to be
+        claimed again (its worker died): this worker may be the only one left to evaluate it."""
+        while True:
+            trials = self.study.get_trials(deepcopy=False)  # type: ignore[union-attr]
+            current = self._current(trials)
+            if current > generation:
+                return
+            waiting = {t.user_attrs.get(TASK_ATTR) for t in trials if t.state == TrialState.WAITING}
+            if waiting & self._tasks(current, self._parent(current, trials)):
+                drop(trial, "a child of the generation before waits to be evaluated again")
+            self.pause()
+
+    def _check_parent(self, trial: optuna.Trial, generation: int) -> None:
+        """Drop ``trial`` (uncounted) when its parent is not its generation's parent: built speculatively from a
+        candidate that a later child of the generation before beat."""
+        parent = self._parent(generation, self.study.get_trials(deepcopy=False))  # type: ignore[union-attr]
+        if trial.user_attrs.get("parent") != _tag(parent):
+            drop(trial, f"its parent ({trial.user_attrs.get('parent')}) was replaced by {_tag(parent)}")
 
 
-def _task(generation: int, slot: int) -> str:
-    return f"generation {generation} child {slot}"
+def _task(generation: int, slot: int, parent: FrozenTrial | None) -> str:
+    return f"generation {generation} child {slot}" + (f" of {_tag(parent)}" if parent is not None else "")
+
+
+def _tag(parent: FrozenTrial | None) -> str | None:
+    """A parent's name in its children's tasks: its own generation and slot (the same in every run of a seed)."""
+    return None if parent is None else f"generation {parent.user_attrs['generation']} child {parent.user_attrs['slot']}"

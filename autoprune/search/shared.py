@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.core.evaluator import Candidate
+from autoprune.core.evaluator import Candidate, Scoring
 from autoprune.core.policy import Policy
 from autoprune.run.record import HITS_ATTR, candidate_attrs, candidate_from_trial, decode_hits, encode_hits
 from autoprune.run.study import (
@@ -128,10 +128,22 @@ class StudySearcher(Searcher):
             trial.storage.set_trial_param(trial._trial_id, name, d.to_internal_repr(value), d)
 
     def evaluate_trial(self, trial: optuna.Trial, policy: Policy, meta: Mapping[str, Any]) -> float | list[float]:
-        """Evaluate ``policy`` as the claimed ``trial`` and write the candidate onto it; returns its objective values
-        (raises to prune a candidate racing stopped, with its stage accuracies, or to fail a failed one)."""
+        """Evaluate ``policy`` as the claimed ``trial`` and write the candidate onto it (:meth:`finish_trial`)."""
         self._pauses = 0
-        candidate = self.evaluate(policy, {**meta, "optuna_trial": trial.number})
+        return self.finish_trial(trial, self.evaluate(policy, {**meta, "optuna_trial": trial.number}))
+
+    def race_trial(self, trial: optuna.Trial, policy: Policy, meta: Mapping[str, Any]) -> Scoring:
+        """Score ``policy`` as :meth:`evaluate_trial` does, racing the study's best, but leave it unfinished and
+        unrecorded: a speculative candidate, handed to :meth:`finish_trial` (after ``Searcher.record``) once what it
+        assumed holds, else dropped with its trial."""
+        self._pauses = 0
+        _, meta = self.candidate_meta(policy, {**meta, "optuna_trial": trial.number})
+        incumbent = self.incumbent() if self.racing and meta["within_budget"] else None
+        return self.evaluator.race(policy, meta, incumbent=incumbent)
+
+    def finish_trial(self, trial: optuna.Trial, candidate: Candidate) -> float | list[float]:
+        """Write a recorded candidate onto its claimed ``trial``; returns its objective values (raises to prune a
+        candidate racing stopped, with its stage accuracies, or to fail a failed one)."""
         for key, value in candidate_attrs(candidate).items():
             trial.set_user_attr(key, value)
         hits = self.evaluator.full_hits(candidate.kept) if candidate.ok and self.racing else None

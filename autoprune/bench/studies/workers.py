@@ -37,6 +37,7 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.io import atomic_write_text
 from autoprune.presets import load_env
 from autoprune.run.search import SearchSettings, run_search
+from autoprune.run.study import counted, open_storage
 
 GOAL = 1.7
 """The speed-up the issue asks of two workers."""
@@ -52,9 +53,12 @@ def run_cell(env: str, budget: str, method: str, workers: int, seed: int, evals:
         run_dir = run_search(settings, str(Path(tmp) / "run"), progress=False)
         wall = time.perf_counter() - start
         record = PolicyRecord.load(run_dir / "policy.json")
+        trials = optuna.load_study(study_name=None, storage=open_storage(settings.storage)).get_trials(deepcopy=False)
+    speculative = [t for t in trials if t.user_attrs.get("speculative")]
     return {"method": method, "workers": workers, "seed": seed, "budget": budget, "evals": record.found_by["evaluations"],
             "seconds": record.found_by["seconds"], "wall_seconds": wall, "proxy_acc": record.metrics["proxy_acc"],
             "report_acc": record.metrics["report_acc"], "flops": record.metrics["flops"],
+            "speculative": sum(counted(t) for t in speculative), "speculative_dropped": sum(not counted(t) for t in speculative),
             "machine": machine_description(), "versions": library_versions(),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -70,12 +74,20 @@ def _within_one_std(a: list[float], b: list[float]) -> bool:
     return abs(statistics.mean(a) - statistics.mean(b)) <= spread
 
 
+def _speculation(cells: list[dict[str, Any]]) -> str:
+    """Children scored speculatively per search (evolution): recorded, and dropped (their parent was beaten)."""
+    if any("speculative" not in c for c in cells):
+        return "—"  # (cells made before evolution speculated)
+    return (f"{_mean_std([c['speculative'] for c in cells], digits=1)} / "
+            f"{_mean_std([c['speculative_dropped'] for c in cells], digits=1)}")
+
+
 def report_lines(cells: list[dict[str, Any]], counts: list[int]) -> list[str]:
     """The report's tables: per method and number of workers, mean ± std over seeds, and the speed-up over one
     worker (mean seconds of one worker over mean seconds of K, and mean ± std of the per-seed ratios)."""
     lines = ["| method | workers | seeds | search (s) | speed-up | per-seed speed-up | whole command (s) | its speed-up "
-             "| proxy acc (%) | test acc (%) | accuracy as one worker's (within one std) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| proxy acc (%) | test acc (%) | accuracy as one worker's (within one std) | speculative: kept / dropped |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for method in dict.fromkeys(c["method"] for c in cells):
         by = {k: {c["seed"]: c for c in cells if c["method"] == method and c["workers"] == k} for k in counts}
         one = by.get(1, {})
@@ -94,7 +106,7 @@ def report_lines(cells: list[dict[str, Any]], counts: list[int]) -> list[str]:
             lines.append(f"| {method} | {k} | {len(mine)} | {_mean_std(seconds, digits=1)} | {speed} | "
                          f"{_mean_std(paired) + 'x' if paired else '—'} | {_mean_std(walls, digits=1)} | {whole} | "
                          f"{_mean_std([c['proxy_acc'] for c in mine], 100)} "
-                         f"| {_mean_std([c['report_acc'] for c in mine], 100)} | {same} |")
+                         f"| {_mean_std([c['report_acc'] for c in mine], 100)} | {same} | {_speculation(mine)} |")
     return lines
 
 
@@ -137,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
              "start included; speed-up: one worker's mean over K workers' mean (per-seed: mean ± std of the ratios); "
              "whole command: from the call to the written run directory (setup, search, scoring the best policy on the "
              "test split, plots), the time a user waits",
+             "- speculative (evolution): children a worker scored from the best candidate so far while a generation's "
+             "last children ran elsewhere, per search: recorded (their parent held) / dropped uncounted (it was beaten)",
              f"- goal: at least {GOAL}x with 2 workers, the best policies as accurate within one standard deviation", "",
              *report_lines(cells, counts), ""]
     write_markdown(args.out, f"workers-{args.env}.md", lines)
