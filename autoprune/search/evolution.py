@@ -353,6 +353,8 @@ class EvolutionSearcher(StudySearcher):
         meta = {"generation": generation} if generation else {"start": True}
         if generation <= self._current(self.study.get_trials(deepcopy=False)):
             self._check_parent(trial, generation)
+            if trial.user_attrs.get("speculative"):  # a dead speculating worker's trial, enqueued again with its attributes
+                trial.set_user_attr("speculative", False)
             return self.evaluate_trial(trial, policy, meta)  # type: ignore[return-value]
         scoring = self.race_trial(trial, policy, meta)
         trial.set_user_attr("speculative", True)  # (dropped with it: a scoring spent in vain)
