@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from autoprune.bench.studies.postgres import PostgresUnavailable, local_postgres
 from autoprune.bench.studies.reliability import worker_killed
 from autoprune.run.study import counted
+from tests.test_workers import check_evolution_with_a_worker_killed
 
 pytestmark = pytest.mark.slow
 CI_VARIABLE = "AUTOPRUNE_CI"  # set by .ci/run: there a server that cannot start is a failure, not a skip
@@ -100,3 +101,10 @@ def test_random_and_evolution_on_three_workers_count_every_evaluation_once(postg
         assert len({t.user_attrs["task"] for t in done}) == 13
         assert sorted(t.user_attrs["generation"] for t in done) == [0] + [1] * 4 + [2] * 4 + [3] * 4
     assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 13
+
+
+def test_evolution_on_three_workers_with_one_killed_mid_generation(postgres, tmp_path):
+    """As on a journal file (tests/test_workers.py): here the killed worker's trial is failed by the heartbeat (or
+    reaped by a worker of this host) and its child evaluated again, or dropped if it was a speculative child whose
+    parent was beaten."""
+    check_evolution_with_a_worker_killed(postgres.create_database("evolution_killed"), tmp_path)

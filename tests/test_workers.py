@@ -30,8 +30,8 @@ SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _trials(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=open_storage(str(journal))).get_trials()
+def _trials(storage: Path | str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage))).get_trials()
 
 
 def _pid(trial: optuna.trial.FrozenTrial) -> int:
@@ -176,29 +176,37 @@ def test_a_run_reaps_every_trial_its_killed_command_left_running(tmp_path):
 def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     """Generations are tasks of the study: every child is evaluated once, by whichever worker is free; a worker
     SIGKILLed while it evaluates a child is replaced, and its child is evaluated again, so the generation completes."""
-    journal = tmp_path / "e.log"
+    check_evolution_with_a_worker_killed(str(tmp_path / "e.log"), tmp_path)
+
+
+def check_evolution_with_a_worker_killed(storage: str, tmp_path: Path) -> None:
+    """Evolution (100 children, generations of 4) on three workers sharing ``storage``; one worker is SIGKILLed while
+    it holds a child of generation 1 or later. Checks that the study records each child once and the run completes."""
     loud = [a for a in SEARCH if a != "--quiet"]  # the supervisor's status lines say when it replaces a worker
     command = [sys.executable, "-m", "autoprune", *loud, "--method", "evolution", "--offspring", "4", "--evals", "100",
-               "--workers", "3", "--storage", str(journal), "--out", str(tmp_path / "run")]
+               "--workers", "3", "--storage", storage, "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    study = "digits-demo-0.5flops-evolution"
     killed = None
     deadline = time.time() + 120
     while killed is None and process.poll() is None and time.time() < deadline:
-        if journal.is_file():
-            try:
-                running = [t for t in _trials(journal, "digits-demo-0.5flops-evolution")
-                           if t.state == TrialState.RUNNING and t.user_attrs.get("generation", 0) >= 1
-                           and "worker" in t.user_attrs and _pid(t) != process.pid]  # not worker 0, the command
-            except KeyError:  # the study is not created yet
-                running = []
-            if running:
-                killed = running[0]
-                os.kill(_pid(killed), signal.SIGKILL)
+        if "://" not in storage and not Path(storage).is_file():  # a journal file the command has not made yet
+            time.sleep(0.02)
+            continue
+        try:
+            running = [t for t in _trials(storage, study)
+                       if t.state == TrialState.RUNNING and t.user_attrs.get("generation", 0) >= 1
+                       and "worker" in t.user_attrs and _pid(t) != process.pid]  # not worker 0, the command
+        except KeyError:  # the study is not created yet
+            running = []
+        if running:
+            killed = running[0]
+            os.kill(_pid(killed), signal.SIGKILL)
         time.sleep(0.02)
-    _, err = process.communicate(timeout=180)
+    _, err = process.communicate(timeout=240)
     assert process.returncode == 0, err
     assert killed is not None, "no child was caught running"
-    trials = _trials(journal, "digits-demo-0.5flops-evolution")
+    trials = _trials(storage, study)
     done = [t for t in trials if counted(t)]
     assert len(done) == 100  # exactly the evaluations asked for: 1 start, then 24 generations of 4 and one of 3
     tasks = [t.user_attrs[TASK_ATTR] for t in done]
@@ -208,7 +216,7 @@ def test_evolution_on_three_workers_with_one_killed_mid_generation(tmp_path):
     assert any(_pid(t) == process.pid for t in done)  # the command itself is worker 0
     dead = next(t for t in trials if t.number == killed.number)
     if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again
-        assert "died" in dead.user_attrs["reason"] and not counted(dead)
+        assert not counted(dead)
         parents = {t.user_attrs["parent"] for t in done if t.user_attrs["generation"] == dead.user_attrs["generation"]}
         # its child is evaluated again, unless it was built speculatively from a parent that was then replaced
         assert dead.user_attrs[TASK_ATTR] in tasks or parents != {dead.user_attrs["parent"]}
