@@ -93,6 +93,26 @@ def test_action_maps_onto_the_unit_bounds_when_the_budget_allows(digits):
     assert [info["policy"][u.name] for u in units] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("mode", ["amc", "project"])
+def test_a_repeated_layout_pays_the_repeat_penalty(digits, mode):
+    """An episode whose layout an earlier episode made is rewarded its accuracy minus the penalty (a new one is not),
+    whatever actions led there; without a penalty a repeat is only flagged."""
+    env = ChannelPruningEnv(digits.evaluator, budget="0.5flops", action_mode=mode, repeat_penalty=0.02)
+    plain = ChannelPruningEnv(digits.evaluator, budget="0.5flops", action_mode=mode)
+    actions = [0.3, -0.2, 0.1, 0.0, 0.5]
+    _, first, info = _episode(env, actions)
+    assert not info["repeat"] and first == pytest.approx(info["proxy_acc"])
+    _, again, info = _episode(env, actions)
+    assert info["repeat"] and again == pytest.approx(info["proxy_acc"] - 0.02)
+    _, other, info = _episode(env, [-0.9, 0.9, -0.5, 0.7, -0.3])
+    assert not info["repeat"] and other == pytest.approx(info["proxy_acc"])
+    for _ in range(2):
+        _, reward, info = _episode(plain, actions)
+    assert info["repeat"] and reward == pytest.approx(info["proxy_acc"])
+    with pytest.raises(ConfigError, match="repeat penalty must be a finite number >= 0"):
+        ChannelPruningEnv(digits.evaluator, budget="0.5flops", repeat_penalty=-0.1)
+
+
 def test_reward_variants(digits):
     env = ChannelPruningEnv(digits.evaluator, budget="0.5flops", reward="acc-flops")
     _, reward, info = _episode(env, [0.0] * len(digits.space))

@@ -121,6 +121,8 @@ def test_replay_buffer_centres_terminal_rewards():
     (["--method", "sac", "--episodes", "5", "--warmup", "1", "--entropy", "-1"], "--entropy must be > 0, got -1.0"),
     (["--method", "ddpg", "--episodes", "5", "--warmup", "1", "--reward", "acc-latency"], "--latency"),
     (["--method", "ppo", "--budget", "0.7latency"], "cannot take the latency budget 0.7latency"),
+    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--repeat-penalty", "-0.01"], "--repeat-penalty must be a finite number >= 0, got -0.01"),
+    (["--method", "random", "--repeat-penalty", "0.01"], "--repeat-penalty applies to --method"),
     (["--resume", "no-such-run"], "'no-such-run' is not a search run directory"),
 ])
 def test_bad_rl_input_is_one_line(fails, args, message):

@@ -86,6 +86,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         unit_features: extra observation features per unit name, each in [0, 1] (the same number for
             every unit), e.g. :func:`sensitivity_features`.
         seed: seed of the warm-up draws (:meth:`draw_warmup`).
+        repeat_penalty: subtracted from the reward of an episode whose pruned layout an earlier episode of this
+            environment made (``info["repeat"]``), so that an agent that settles keeps looking for new layouts;
+            in reward units (``acc``: 0.01 is one point of accuracy). Default 0: no penalty.
 
     Raises:
         ConfigError: for a missing or doubled network source, an unknown reward or action mode, a
@@ -109,6 +112,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         action_mode: str = "amc",
         unit_features: UnitFeatures | None = None,
         seed: int | None = None,
+        repeat_penalty: float = 0.0,
     ) -> None:
         if (evaluator is None) == (env is None):
             raise ConfigError("give the environment either an evaluator or an env preset name (env='digits-demo'), not "
@@ -117,6 +121,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             raise ConfigError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
         if action_mode not in ACTION_MODES:
             raise ConfigError(f"unknown action mode {action_mode!r}; choose one of {', '.join(ACTION_MODES)}")
+        if not (math.isfinite(repeat_penalty) and repeat_penalty >= 0):
+            raise ConfigError(f"the repeat penalty must be a finite number >= 0, got {repeat_penalty!r}")
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
         metric = get_metric(self.budget.metric)
         if metric.measured:
@@ -154,6 +160,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._ratios: dict[str, float] = {}
         self._wanted: dict[str, float] = {}
         self._plan: dict[str, float] | None = None
+        self.repeat_penalty = float(repeat_penalty)
+        self._made: set[Any] = set()  # the layouts of this environment's episodes (Evaluator keys)
         if action_mode == "relative":
             self._relative_reference()
 
@@ -232,10 +240,13 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                                                     "kept": self._kept[unit.name]}
         policy = self._final_policy()
         candidate = self._evaluate(policy, {"sample": dict(self._wanted)})
+        key = self.evaluator.key(candidate.kept)
+        repeat = key in self._made
+        self._made.add(key)
         info = {"policy": policy, "candidate": candidate, "status": candidate.status, "proxy_acc": candidate.proxy_acc,
                 "flops": candidate.flops, "params": candidate.params, "latency_ms": candidate.latency_ms,
-                "kept": dict(candidate.kept)}
-        return observation, self.reward(candidate), True, False, info
+                "kept": dict(candidate.kept), "repeat": repeat}
+        return observation, self.reward(candidate) - self.repeat_penalty * repeat, True, False, info
 
     def policy_for(self, actions: Sequence[float] | np.ndarray) -> Policy:
         """The policy an episode of these actions (one per unit, in network order) ends with, clipped exactly as

@@ -82,6 +82,8 @@ _RUN_OPTIONS = (
                  "each unit's accuracy drop from the sensitivity scan)", choices=STATES),
     SearchOption("reward", "acc (default: proxy accuracy), acc-flops or acc-latency (-error x log cost; needs --latency)",
                  choices=("acc", "acc-flops", "acc-latency")),
+    SearchOption("repeat_penalty", "subtracted from the reward of an episode that repeats a policy this search "
+                 "already made (default 0; with --reward acc, 0.01 is one point of accuracy)", float, metavar="P"),
     SearchOption("tensorboard", "write stable-baselines3's TensorBoard logs to DIR", metavar="DIR"),
     SearchOption("save_every", "save the agent in the run directory every N episodes (default 10)", int, metavar="N"),
     PRIOR_OPTION,
@@ -134,6 +136,7 @@ class RLSearcher(Searcher):
         warm_start: an earlier run directory whose scored candidates fill the replay buffer before learning
             (the warm-up then defaults to 0 episodes).
         reward: ``acc``, ``acc-flops`` or ``acc-latency`` (see :class:`~autoprune.search.rl.env.ChannelPruningEnv`).
+        repeat_penalty: subtracted from the reward of an episode repeating an earlier episode's layout (default 0).
         tensorboard: folder for stable-baselines3's TensorBoard logs.
         run_dir: where the agent is saved; a search that finds earlier episodes recorded in its
             ``trials.csv`` continues from the agent saved there (see :meth:`continue_run`).
@@ -194,6 +197,7 @@ class RLSearcher(Searcher):
         state: str = "amc",
         warm_start: str | Path | None = None,
         reward: str = "acc",
+        repeat_penalty: float = 0.0,
         tensorboard: str | Path | None = None,
         run_dir: str | Path | None = None,
         save_every: int = 10,
@@ -228,7 +232,10 @@ class RLSearcher(Searcher):
         if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError(f"--tensorboard {tensorboard} needs the tensorboard package: pip install tensorboard "
                               "(or 'autoprune[tensorboard]')")
+        if not (math.isfinite(repeat_penalty) and repeat_penalty >= 0):
+            raise ConfigError(f"--repeat-penalty must be a finite number >= 0, got {repeat_penalty!r}")
         self.reward = reward
+        self.repeat_penalty = repeat_penalty
         self.tensorboard = None if tensorboard is None else str(tensorboard)
         self.save_every = save_every
         self.run_dir: Path | None = None
@@ -271,7 +278,8 @@ class RLSearcher(Searcher):
         from autoprune.search.rl.env import ChannelPruningEnv
 
         env = ChannelPruningEnv(self.evaluator, budget=self.budget, reward=self.reward, evaluate=self.evaluate,
-                                space=space, action_mode=self.action_mode, unit_features=unit_features, seed=seed)
+                                space=space, action_mode=self.action_mode, unit_features=unit_features, seed=seed,
+                                repeat_penalty=self.repeat_penalty)
         assert env.limit == self.limit
         return env
 
