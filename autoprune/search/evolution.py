@@ -280,8 +280,7 @@ class EvolutionSearcher(StudySearcher):
             if any(t.state == TrialState.WAITING for t in trials):
                 claim(self.study, self._child, catch=(CandidateFailed,), tasks_only=True)
                 continue
-            generation = self._current(trials)
-            parent = self._parent(generation, trials)
+            generation, parent = self._current(trials)
             if not self._size(generation) or (generation and parent is None):
                 return  # every generation is recorded, or nothing scored on every image is left to mutate
             held = {t.user_attrs.get(TASK_ATTR) for t in trials}
@@ -301,16 +300,15 @@ class EvolutionSearcher(StudySearcher):
             return first
         return max(0, min(self.offspring, self.evals - first - (generation - 1) * self.offspring))
 
-    def _current(self, trials: Sequence[FrozenTrial]) -> int:
-        """The first generation whose children (those of its true parent) are not all recorded."""
+    def _current(self, trials: Sequence[FrozenTrial]) -> tuple[int, FrozenTrial | None]:
+        """The first generation whose children (those of its true parent) are not all recorded, and that parent."""
         done = done_tasks(trials)
         generation = 0
-        while self._size(generation):
+        while True:
             parent = self._parent(generation, trials)
-            if (generation and parent is None) or not self._tasks(generation, parent) <= done:
-                break
+            if not self._size(generation) or (generation and parent is None) or not self._tasks(generation, parent) <= done:
+                return generation, parent
             generation += 1
-        return generation
 
     @staticmethod
     def _parent(generation: int, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
@@ -351,35 +349,37 @@ class EvolutionSearcher(StudySearcher):
         self.record_params(trial, policy)
         generation = int(trial.user_attrs["generation"])
         meta = {"generation": generation} if generation else {"start": True}
-        if generation <= self._current(self.study.get_trials(deepcopy=False)):
-            self._check_parent(trial, generation)
-            if trial.user_attrs.get("speculative"):  # a dead speculating worker's trial, enqueued again with its attributes
-                trial.set_user_attr("speculative", False)
+        trials = self.study.get_trials(deepcopy=False)
+        if generation <= self._current(trials)[0]:
+            self._check_parent(trial, generation, trials)
             return self.evaluate_trial(trial, policy, meta)  # type: ignore[return-value]
         scoring = self.race_trial(trial, policy, meta)
-        trial.set_user_attr("speculative", True)  # (dropped with it: a scoring spent in vain)
-        with scoring.paused():
-            self._await_generation(trial, generation - 1)
-        self._check_parent(trial, generation)
+        try:
+            with scoring.paused():
+                trials = self._await_generation(trial, generation - 1)
+            self._check_parent(trial, generation, trials)
+        finally:  # kept or dropped (a scoring spent in vain); a worker killed meanwhile leaves no mark on its retry
+            trial.set_user_attr("speculative", True)
         return self.finish_trial(trial, self.record(scoring.finish()))  # type: ignore[return-value]
 
-    def _await_generation(self, trial: optuna.Trial, generation: int) -> None:
-        """Wait until ``generation`` is recorded; give up (dropping ``trial``) when one of its children waits to be
-        claimed again (its worker died): this worker may be the only one left to evaluate it."""
+    def _await_generation(self, trial: optuna.Trial, generation: int) -> Sequence[FrozenTrial]:
+        """Wait until ``generation`` is recorded (returns the study's trials then); give up (dropping ``trial``) when
+        one of its children waits to be claimed again (its worker died): this worker may be the only one left to
+        evaluate it."""
         while True:
             trials = self.study.get_trials(deepcopy=False)  # type: ignore[union-attr]
-            current = self._current(trials)
+            current, parent = self._current(trials)
             if current > generation:
-                return
+                return trials
             waiting = {t.user_attrs.get(TASK_ATTR) for t in trials if t.state == TrialState.WAITING}
-            if waiting & self._tasks(current, self._parent(current, trials)):
+            if waiting & self._tasks(current, parent):
                 drop(trial, "a child of the generation before waits to be evaluated again")
             self.pause()
 
-    def _check_parent(self, trial: optuna.Trial, generation: int) -> None:
-        """Drop ``trial`` (uncounted) when its parent is not its generation's parent: built speculatively from a
-        candidate that a later child of the generation before beat."""
-        parent = self._parent(generation, self.study.get_trials(deepcopy=False))  # type: ignore[union-attr]
+    def _check_parent(self, trial: optuna.Trial, generation: int, trials: Sequence[FrozenTrial]) -> None:
+        """Drop ``trial`` (uncounted) when its parent is not its generation's parent in ``trials``: built
+        speculatively from a candidate that a later child of the generation before beat."""
+        parent = self._parent(generation, trials)
         if trial.user_attrs.get("parent") != _tag(parent):
             drop(trial, f"its parent ({trial.user_attrs.get('parent')}) was replaced by {_tag(parent)}")
 
