@@ -24,7 +24,7 @@ from autoprune.errors import BudgetError
 from autoprune.presets import load_env
 from autoprune.run.record import HITS_ATTR, decode_hits
 from autoprune.run.search import SearchSettings, run_search
-from autoprune.run.study import TASK_ATTR, ahead_of, claim, counted, enqueue_tasks, open_storage, reap_dead_trials
+from autoprune.run.study import TASK_ATTR, ahead_of, claim, counted, drop, enqueue_tasks, open_storage, reap_dead_trials
 
 SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,6 +131,24 @@ def test_a_claim_that_finds_no_task_waiting_drops_the_new_trial(tmp_path):
     assert counted(first) and first.user_attrs[TASK_ATTR] == "only"
     assert second.state == TrialState.FAIL and not counted(second) and TASK_ATTR not in second.user_attrs
     assert second.user_attrs["reason"] == "no task was waiting (another worker took the last one)"
+
+
+def test_a_dropped_trials_task_is_enqueued_again(tmp_path):
+    """A task whose only trial was dropped (failed, uncounted: e.g. a speculative child given up while a retry of the
+    generation before waited) is free: enqueueing it again makes a new waiting trial. Held as before, its generation
+    never completed (a hang seen in the killed-worker test)."""
+    study = optuna.create_study(study_name="free", storage=open_storage(str(tmp_path / "free.log")))
+    enqueue_tasks(study, {"child": ({}, {})})
+
+    def give_up(trial: optuna.Trial) -> float:
+        drop(trial, "given up")
+        return 0.0
+
+    claim(study, give_up)
+    assert enqueue_tasks(study, {"child": ({}, {})}) == 1
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL, TrialState.WAITING]
+    claim(study, lambda trial: 1.0)
+    assert enqueue_tasks(study, {"child": ({}, {})}) == 0  # held by its counted trial now
 
 
 def test_a_new_trial_counts_a_lower_waiting_one_ahead_of_it(tmp_path):

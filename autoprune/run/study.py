@@ -227,12 +227,18 @@ def ahead_of(trials: Sequence[FrozenTrial], number: int) -> int:
 def enqueue_tasks(study: optuna.Study, tasks: Mapping[str, tuple[Mapping[str, float], Mapping[str, Any]]]) -> int:
     """Enqueue each task (``name -> (params, user attributes)``) that no trial of the study holds yet; returns how
     many were enqueued."""
-    held = {t.user_attrs.get(TASK_ATTR) for t in study.get_trials(deepcopy=False)}
+    held = held_tasks(study.get_trials(deepcopy=False))
     fresh = [name for name in tasks if name not in held]
     for name in fresh:
         params, attrs = tasks[name]
         study.enqueue_trial(dict(params), user_attrs={**attrs, TASK_ATTR: name})
     return len(fresh)
+
+
+def held_tasks(trials: Sequence[FrozenTrial]) -> set[Any]:
+    """The tasks that a live trial holds (waiting, running, finished, or failed by its evaluation); a dropped or
+    dead trial's task is free to be enqueued again."""
+    return {t.user_attrs.get(TASK_ATTR) for t in trials if t.state != TrialState.FAIL or counted(t)}
 
 
 def owner_before(study: optuna.Study, number: int, task: str | None) -> int | None:

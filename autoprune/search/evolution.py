@@ -42,7 +42,7 @@ from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.run.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, waiting_params
+from autoprune.run.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, held_tasks, waiting_params
 from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
 from autoprune.search.shared import CandidateFailed, StudySearcher
@@ -283,7 +283,7 @@ class EvolutionSearcher(StudySearcher):
             generation, parent = self._current(trials)
             if not self._size(generation) or (generation and parent is None):
                 return  # every generation is recorded, or nothing scored on every image is left to mutate
-            held = {t.user_attrs.get(TASK_ATTR) for t in trials}
+            held = held_tasks(trials)  # (a speculative child dropped while its parent held is enqueued again)
             if not self._tasks(generation, parent) <= held:
                 self._build(generation, parent)
                 continue
