@@ -22,7 +22,7 @@ from autoprune.core.racing import Racing
 from autoprune.core.reconstruct import Reconstructor
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.presets import DEFAULT_ENV, EnvConfig, load_env, load_space
+from autoprune.presets import DEFAULT_ENV, EnvConfig, calibration_image_count, load_env, load_space
 from autoprune.zoo.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -73,10 +73,17 @@ class Experiment:
         return build_experiment(config, data=options, device=device, latency=latency)
 
     def split(self, role_or_name: str) -> ImageSet:
-        """A data split by role (``proxy``, ``report``, ``calibration``) or by split name."""
+        """A data split by role (``proxy``, ``report``, ``calibration``) or by split name; the report role holds
+        the first ``report_images`` of its split when the proxy settings name a count."""
         name = self.config.splits.get(role_or_name, role_or_name)
-        return load_split(self.config.dataset, name, self.options.data_dir, self.options.download, *_norm(self.config),
-                          **(_folder_options(self.config, role_or_name) if role_or_name in self.config.splits else {}))
+        split = load_split(self.config.dataset, name, self.options.data_dir, self.options.download, *_norm(self.config),
+                           **(_folder_options(self.config, role_or_name) if role_or_name in self.config.splits else {}))
+        report_images = self.config.proxy.get("report_images")
+        if role_or_name == "report" and report_images is not None:
+            if report_images < 1:
+                raise ConfigError(f"report images must be >= 1, got {report_images}")
+            split = split.subset(torch.arange(min(report_images, len(split))))
+        return split
 
     def accuracy(self, network: nn.Module, split: str = "report", recalibrate: bool = True) -> float:
         """Top-1 accuracy of ``network`` on a split, after BN recalibration on the Evaluator's batches."""
@@ -139,6 +146,7 @@ def build_experiment(
     proxy_split = _split(config, "proxy", data)
     n_images = proxy_settings.pop("images", None)
     recover = proxy_settings.pop("recover", None) or "bn"
+    proxy_settings.pop("report_images", None)  # the report split's size (see Experiment.split)
     if n_images is not None:
         if n_images < 1:
             raise ConfigError(f"proxy images must be >= 1, got {n_images}")
@@ -199,6 +207,7 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
     sizes = {"proxy_images": "images", "report_images": "report_images", "calibration_images": "calibration_images",
              "proxy_forward": "forward"}
     config.proxy = {**config.proxy, **{sizes[k]: overrides[k] for k in sizes if k in overrides}}
+    _whole_calibration_batches(config.proxy)
     if "data" in overrides:
         _use_folder(config, Path(overrides["data"]).expanduser().resolve(), overrides.get("input_size"))
     elif "input_size" in overrides:
@@ -207,6 +216,16 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
         config.normalize = {"mean": list(overrides.get("mean", _norm(config)[0])),
                             "std": list(overrides.get("std", _norm(config)[1]))}
     return config
+
+
+def _whole_calibration_batches(proxy: dict[str, Any]) -> None:
+    """Write a calibration image count that fills whole batches as ``calibration_batches`` (in place), so that
+    ``--calibration-images 512`` on a preset of 128-image batches is the same configuration as
+    ``calibration_batches: 4`` (a benchmark made with it resumes)."""
+    images, batch = proxy.get("calibration_images"), proxy.get("batch_size", 128)
+    if images is not None and images % batch == 0:
+        proxy["calibration_batches"] = images // batch
+        del proxy["calibration_images"]
 
 
 def _use_folder(config: EnvConfig, root: Path, input_size: int | None) -> None:
@@ -283,8 +302,8 @@ def _folder_options(config: EnvConfig, role: str) -> dict[str, Any]:
     if not config.dataset.startswith("imagefolder:"):
         return {}
     proxy = config.proxy
-    calibration = proxy.get("calibration_images") or proxy.get("calibration_batches", 10) * proxy.get("batch_size", 128)
-    images = {"proxy": proxy.get("images"), "report": proxy.get("report_images"), "calibration": calibration}
+    images = {"proxy": proxy.get("images"), "report": proxy.get("report_images"),
+              "calibration": calibration_image_count(proxy)}
     height, width = config.input_shape[-2:]
     return {"images": images.get(role), "input_size": height if height == width else None,
             "resize_size": config.resize_size}

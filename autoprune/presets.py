@@ -16,7 +16,8 @@ from autoprune.io import load_yaml
 
 DEFAULT_ENV = "digits-demo"
 SPLIT_ROLES = {"proxy", "report", "calibration"}
-PROXY_KEYS = {"kind", "images", "calibration_batches", "batch_size", "recover", "forward"}
+PROXY_KEYS = {"kind", "images", "calibration_batches", "calibration_images", "report_images", "batch_size", "recover",
+              "forward"}
 RECOVERY_METHODS = ("bn", "reconstruct")  # bn: BatchNorm recalibration; reconstruct: AMC's least squares
 _ENV_KEYS = {"name", "description", "model", "weights", "dataset", "num_classes", "input_shape", "normalize",
              "splits", "proxy", "search_space", "criterion", "model_args", "resize_size"}
@@ -106,6 +107,13 @@ def load_env(name_or_path: str = DEFAULT_ENV) -> EnvConfig:
     return EnvConfig(**doc)
 
 
+def calibration_image_count(proxy: dict[str, Any]) -> int:
+    """How many images BatchNorm is recalibrated on under the proxy settings of an env (``calibration_images``,
+    else ``calibration_batches`` x ``batch_size``; the Proxy's defaults 10 x 128)."""
+    images = proxy.get("calibration_images")
+    return images if images is not None else proxy.get("calibration_batches", 10) * proxy.get("batch_size", 128)
+
+
 def _env_problem(doc: dict[str, Any]) -> str | None:
     """What is wrong with an env preset's values, or None."""
     shape = doc["input_shape"]
@@ -130,7 +138,7 @@ def _env_problem(doc: dict[str, Any]) -> str | None:
         return f"proxy has unknown keys {sorted(unknown)}; allowed: {sorted(PROXY_KEYS)}"
     if proxy.get("recover") not in (None, *RECOVERY_METHODS):
         return f"proxy recover must be one of {', '.join(RECOVERY_METHODS)}, got {proxy.get('recover')!r}"
-    for key in ("images", "calibration_batches", "batch_size"):
+    for key in ("images", "calibration_batches", "calibration_images", "report_images", "batch_size"):
         value = proxy.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return f"proxy {key} must be an integer, got {value!r}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import autoprune
 from autoprune import Budget, build_experiment, export_policy, search_policy
 from autoprune.errors import ConfigError
+from autoprune.experiment import configure
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,19 @@ def test_overrides_reach_the_experiment_and_unknown_ones_are_refused(digits):
     assert len(digits.evaluator.proxy.labels) == 200
     with pytest.raises(ConfigError, match="unknown experiment override 'colour'"):
         build_experiment("digits-demo", {"colour": "red"})
+
+
+def test_calibration_and_report_image_counts_reach_a_preset_experiment():
+    whole = build_experiment("digits-demo", {"calibration_images": 256})
+    assert whole.config.proxy["calibration_batches"] == 2 and "calibration_images" not in whole.config.proxy
+    assert [len(b) for b in whole.evaluator.proxy.calibration] == [128, 128]
+    partial = build_experiment("digits-demo", {"calibration_images": 200, "report_images": 50})
+    assert [len(b) for b in partial.evaluator.proxy.calibration] == [128, 72]
+    assert torch.equal(partial.evaluator.proxy.calibration[0], whole.evaluator.proxy.calibration[0])  # same draw
+    assert len(partial.split("report")) == 50 and len(whole.split("report")) == 360
+    assert configure("digits-demo", {"calibration_images": 200}).proxy["calibration_images"] == 200
+    with pytest.raises(ConfigError, match="report images must be >= 1"):
+        build_experiment("digits-demo", {"report_images": 0}).split("report")
 
 
 def test_export_policy_from_a_searched_record(digits, tmp_path):

@@ -124,7 +124,15 @@ def test_python_api_rewrites_the_report_of_the_cli_cells(quick):
 
 def test_other_settings_do_not_reuse_cells(quick, cli):
     code, _, err = cli("bench", "--quick", "--finetune-epochs", "2", "--out", str(quick), "--quiet")
-    assert code == 2 and "other settings (finetune_epochs)" in err and len(err.splitlines()) == 1
+    assert code == 2 and "other settings (finetune_epochs 1, now 2)" in err and len(err.splitlines()) == 1
+
+
+def test_cells_of_another_calibration_name_the_option_that_resumes_them(quick, cli):
+    code, _, err = cli("bench", "--quick", "--calibration-images", "128", "--out", str(quick), "--quiet")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "env.proxy.calibration_batches 4, now 1" in err and "(--calibration-images 512 for these cells)" in err
+    code, _, err = cli("bench", "--quick", "--calibration-images", "512", "--out", str(quick), "--quiet", "--report-only")
+    assert code == 0, err  # 512 images in batches of 128 are the preset's 4 batches: the same cells
 
 
 def test_cells_run_seed_by_seed_and_deterministic_methods_once():

@@ -41,6 +41,7 @@ from autoprune.experiment import Experiment
 from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings
 from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
+from autoprune.presets import calibration_image_count
 from autoprune.run.search import SearchSettings, search_in_process
 from autoprune.run.study import bind_settings, counted, enqueue_tasks, open_storage, open_study
 from autoprune.run.study import claim as claim_task
@@ -62,9 +63,21 @@ def check_identity(settings: BenchSettings) -> None:
     saved, now = json.loads(path.read_text()), json.loads(json.dumps(settings.identity()))
     saved.setdefault("racing", "off")  # cells made before racing scored every candidate on every image
     if saved != now:
-        changed = sorted(k for k in now if saved.get(k) != now[k])
-        raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({', '.join(changed)}); "
-                          f"rerun with the same options to resume, or pass another --name or --out")
+        differences = _differences(saved, now)
+        changed = ", ".join(f"{key} {old!r}, now {new!r}" for key, old, new in differences)
+        hint = ""
+        if any(key.startswith("env.proxy.calibration") for key, _, _ in differences):
+            hint = f" (--calibration-images {calibration_image_count(saved['env'].get('proxy', {}))} for these cells)"
+        raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({changed}); rerun with the "
+                          f"same options{hint} to resume, or pass another --name or --out")
+
+
+def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, value now) of every leaf where two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differences(saved.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if saved == now else [(key, saved, now)]
 
 
 def check_cells(settings: BenchSettings, exp: Experiment) -> None:

@@ -89,6 +89,7 @@ class Proxy:
             network's predictions: label-free).
         calibration_batches: number of recalibration batches (K).
         batch_size: batch size of every forward pass.
+        calibration_images: recalibrate on this many images instead (the last batch may be partial).
         device: where to run.
         seed: chooses the recalibration batches (the same for every candidate) and the order of the held-out images.
         forward: ``fast`` runs networks in channels-last memory format and scores a recalibrated network with
@@ -107,6 +108,7 @@ class Proxy:
         device: torch.device | str = "cpu",
         seed: int = 0,
         forward: str = "fast",
+        calibration_images: int | None = None,
     ) -> None:
         if kind not in PROXY_KINDS:
             raise ConfigError(f"unknown proxy {kind!r}; choose one of {', '.join(PROXY_KINDS)}")
@@ -114,12 +116,15 @@ class Proxy:
             raise ConfigError(f"unknown proxy forward path {forward!r}; choose one of {', '.join(FORWARD_PATHS)}")
         if calibration_batches < 0 or batch_size < 1:
             raise ConfigError(f"calibration_batches must be >= 0 and batch_size >= 1, got {calibration_batches}, {batch_size}")
+        if calibration_images is not None and calibration_images < 0:
+            raise ConfigError(f"calibration images must be >= 0, got {calibration_images}")
         self.kind = kind
         self.batch_size = batch_size
         self.forward = forward
         self.device = torch.device(device)
         generator = torch.Generator().manual_seed(seed)
-        n = min(len(calibration), calibration_batches * batch_size)
+        wanted = calibration_batches * batch_size if calibration_images is None else calibration_images
+        n = min(len(calibration), wanted)
         idx = torch.randperm(len(calibration), generator=generator)[:n]
         images, _ = calibration.batch(idx, self.device)
         self.calibration = [self._layout(x) for x in images.split(batch_size)] if n else []
