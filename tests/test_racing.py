@@ -77,7 +77,8 @@ def test_staged_scoring_equals_one_shot_scoring(digits):
     assert candidate.ok and candidate.fidelity == len(ev.proxy) == stages[-1]
     assert candidate.proxy_acc == pytest.approx(full, abs=1e-12) and estimates[-1] == candidate.proxy_acc
     assert list(candidate.curve) == list(stages)
-    early = (0, ev.racing.early_batches)  # before the last stage: recalibrated on the early batches only
+    early = (0, ev.racing.batches_before_last(len(ev.proxy.calibration)))  # the early batches only (digits: 1 of 4)
+    assert early == (0, 1)
     first = ev.proxy.correct(ev.proxy.prepare(ev.build(policy), batches=early), 0, stages[0]).float().mean().item()
     assert candidate.curve[stages[0]] == pytest.approx(first, abs=1e-12)  # a prefix of the same image order
 
@@ -152,3 +153,9 @@ def test_an_incumbent_another_worker_scored_is_raced_from_its_recorded_hits(digi
     monkeypatch.setattr("autoprune.core.evaluator.Scoring.advance", lambda *a, **k: pytest.fail("scored again"))
     assert torch.equal(fresh.hits(incumbent), rescored)
     assert rescored.dtype == torch.bool and rescored.float().mean().item() == pytest.approx(incumbent.proxy_acc)
+
+
+def test_early_recalibration_is_used_only_where_it_leaves_two_batches_for_the_last_stage():
+    racing = Racing((250, 500, 1000), early_batches=1)
+    assert [racing.batches_before_last(b) for b in (0, 1, 2, 3, 4, 10)] == [0, 1, 2, 1, 1, 1]
+    assert Racing((250, 1000), early_batches=None).batches_before_last(4) == 4

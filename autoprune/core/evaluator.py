@@ -220,9 +220,9 @@ class Scoring:
         """Recalibration batches behind a score on ``images`` images: the racing's early batches before the last
         stage, all of them on the last."""
         racing = self.evaluator.racing
-        if racing is None or racing.early_batches is None or images >= len(self.evaluator.proxy):
+        if racing is None or images >= len(self.evaluator.proxy):
             return self._all_batches
-        return min(self._all_batches, racing.early_batches)
+        return racing.batches_before_last(self._all_batches)
 
     def _prepared(self, batches: int) -> nn.Module:
         """The pruned network, recovered or BN-recalibrated on (at least) ``batches`` batches, ready to score."""

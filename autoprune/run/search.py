@@ -248,7 +248,8 @@ def fidelity(searcher: Searcher) -> dict[str, Any]:
     if searcher.racing:
         racing = evaluator.racing
         record.update(stages=list(racing.stages), confidence=racing.confidence,  # type: ignore[union-attr]
-                      early_calibration_batches=racing.early_batches)  # type: ignore[union-attr]
+                      early_calibration_batches=racing.batches_before_last(  # type: ignore[union-attr]
+                          len(evaluator.proxy.calibration)))
     return record
 
 

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     racing_rows = [f"| off | — | 100% | — | — | {len(orders)}/{len(orders)} | "
                    f"{_mean_std([r['best'] for r in no_racing], 100, 2)} | {_mean_std([r['seconds'] for r in no_racing], 1, 2)} | "
                    f"{plain_seconds / statistics.mean(r['seconds'] for r in no_racing):.2f}x |"]
-    for early_batches in (None, DEFAULT_EARLY_BATCHES):
+    for early_batches in (None, DEFAULT_EARLY_BATCHES):  # replayed as given, whatever MIN_BATCHES_LEFT says
         for confidence in CONFIDENCES:
             racing = Racing(default_stages.stages, confidence, early_batches)
             early = hits_at[early_batches] if early_batches else hits
