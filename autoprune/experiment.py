@@ -80,8 +80,6 @@ class Experiment:
                            **(_folder_options(self.config, role_or_name) if role_or_name in self.config.splits else {}))
         report_images = self.config.proxy.get("report_images")
         if role_or_name == "report" and report_images is not None:
-            if report_images < 1:
-                raise ConfigError(f"report images must be >= 1, got {report_images}")
             split = split.subset(torch.arange(min(report_images, len(split))))
         return split
 
@@ -148,8 +146,6 @@ def build_experiment(
     recover = proxy_settings.pop("recover", None) or "bn"
     proxy_settings.pop("report_images", None)  # the report split's size (see Experiment.split)
     if n_images is not None:
-        if n_images < 1:
-            raise ConfigError(f"proxy images must be >= 1, got {n_images}")
         proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
     calibration = _split(config, "calibration", data)
     proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
@@ -207,6 +203,7 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
     sizes = {"proxy_images": "images", "report_images": "report_images", "calibration_images": "calibration_images",
              "proxy_forward": "forward"}
     config.proxy = {**config.proxy, **{sizes[k]: overrides[k] for k in sizes if k in overrides}}
+    _check_image_counts(config.proxy)
     _whole_calibration_batches(config.proxy)
     if "data" in overrides:
         _use_folder(config, Path(overrides["data"]).expanduser().resolve(), overrides.get("input_size"))
@@ -216,6 +213,15 @@ def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] |
         config.normalize = {"mean": list(overrides.get("mean", _norm(config)[0])),
                             "std": list(overrides.get("std", _norm(config)[1]))}
     return config
+
+
+def _check_image_counts(proxy: Mapping[str, Any]) -> None:
+    """Refuse image counts that cannot be met, before any data is loaded."""
+    for key, least, option in (("images", 1, "--proxy-images"), ("report_images", 1, "--report-images"),
+                               ("calibration_images", 0, "--calibration-images")):
+        value = proxy.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{option} (proxy {key}) must be a whole number >= {least}, got {value!r}")
 
 
 def _whole_calibration_batches(proxy: dict[str, Any]) -> None:

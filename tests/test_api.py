@@ -55,8 +55,9 @@ def test_calibration_and_report_image_counts_reach_a_preset_experiment():
     assert torch.equal(partial.evaluator.proxy.calibration[0], whole.evaluator.proxy.calibration[0])  # same draw
     assert len(partial.split("report")) == 50 and len(whole.split("report")) == 360
     assert configure("digits-demo", {"calibration_images": 200}).proxy["calibration_images"] == 200
-    with pytest.raises(ConfigError, match="report images must be >= 1"):
-        build_experiment("digits-demo", {"report_images": 0}).split("report")
+    for key, value in (("report_images", 0), ("proxy_images", 0), ("calibration_images", -1), ("report_images", 2.5)):
+        with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} .* must be a whole number"):
+            configure("digits-demo", {key: value})  # refused before any data is loaded
 
 
 def test_export_policy_from_a_searched_record(digits, tmp_path):

@@ -40,7 +40,9 @@ OPTION_CASES = [
     pytest.param(["--criterion", "nope"], "--criterion", id="criterion"),
     pytest.param(["--evals", "0"], "evals", id="evals-0"),
     pytest.param(["--threads", "0"], "--threads", id="threads-0"),
-    pytest.param(["--proxy-images", "0"], "proxy images", id="proxy-images-0"),
+    pytest.param(["--proxy-images", "0"], "--proxy-images (proxy images) must be", id="proxy-images-0"),
+    pytest.param(["--report-images", "0"], "--report-images (proxy report_images) must be", id="report-images-0"),
+    pytest.param(["--calibration-images", "-5"], "--calibration-images", id="calibration-images-negative"),
     pytest.param(["--device", "foo"], "'foo'", id="device-unknown"),
     pytest.param(["--device", "cuda"], "'cuda'", id="device-cuda", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="a CUDA device is available")),

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.update()
     cells = [json.loads((folder / f"{m}-w{k}-e{args.evals}-s{s}.json").read_text()) for s, m, k in todo]
     command = [Path(sys.executable).name, "-m", "autoprune.bench.studies.workers", *(argv if argv is not None else sys.argv[1:])]
+    config = load_env(args.env)
     lines = [f"# Searching on several workers: {args.env} at {budget}", "", *machine_header(command),
+             f"- network: {config.model} with the preset's weights `{config.weights}`, data {config.dataset}",
              f"- {args.evals} evaluations per search, seeds 0..{args.seeds - 1}; each worker a process with one CPU "
              f"thread; every search (one worker too) on a journal-file study of its own; racing on",
              "- search (s): wall-clock seconds from the start of the search to its last evaluation, worker processes' "
