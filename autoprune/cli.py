@@ -392,8 +392,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--finetune-images", type=int, help="fine-tune on this many calibration images (default all; "
                    f"--quick {QUICK['finetune_images']})")
     b.add_argument("--no-latency", action="store_true", help="do not time the best policies")
-    b.add_argument("--racing", choices=("on", "off"), default="on", help="racing methods race their candidates (on, "
-                   "default) or score every candidate on every image (off; one method: <spec>@full, e.g. random@full)")
+    b.add_argument("--racing", default="on", help="racing methods race their candidates (on, default: a quarter, half, "
+                   "all of the proxy images; or image counts such as 250,1000) or score every candidate on every image "
+                   "(off; one method: <spec>@full, e.g. random@full)")
     b.add_argument("--name", help="report name (default: the env's name)")
     b.add_argument("--out", default="results/benchmarks", help="folder of the report and its cells "
                    "(default results/benchmarks)")

@@ -148,6 +148,16 @@ def test_cells_run_seed_by_seed_and_deterministic_methods_once():
                                                                                          "warmup": 100}
 
 
+def test_racing_stages_reach_the_cells_of_racing_methods_only():
+    settings = BenchSettings(env=load_env("digits-demo").to_dict(), budgets=("0.5flops",), racing="50,100")
+    settings.check()
+    assert settings.search_settings("0.5flops", "random", 0).racing == "50,100"
+    assert settings.search_settings("0.5flops", "random@full", 0).racing == "off"
+    assert settings.search_settings("0.5flops", "sensitivity", 0).racing == "on"  # the default; it does not race
+    exp = settings.search_settings("0.5flops", "evolution", 0).experiment()
+    assert exp.evaluator.racing.stages == (50, 100, len(exp.evaluator.proxy))
+
+
 def test_parse_budgets_and_methods():
     assert parse_budgets("0.3, 0.5,0.7") == BUDGETS
     assert parse_budgets("0.5flops,0.6params,2.5ms") == ("0.5flops", "0.6params", "2.5ms")
@@ -229,6 +239,7 @@ def test_header_names_each_machine_and_library_set_the_cells_ran_on():
     (["--env", "nope"], "nope"),
     (["--report-only"], "no finished cells"),
     (["--name", "../elsewhere"], "plain file name"),
+    (["--racing", "fast"], "--racing 'fast'"),
 ])
 def test_bad_input(fails, args, key):
     assert key in fails("bench", "--quick", "--out", "bench", *args)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from autoprune.core.budget import Budget
 from autoprune.core.metrics import get_metric
+from autoprune.core.racing import Racing
 from autoprune.errors import ConfigError
 from autoprune.run.search import SearchSettings
 from autoprune.search import SEARCHERS, get_searcher, methods_accepting, methods_where
@@ -123,7 +125,8 @@ class BenchSettings:
         evals: evaluations per cell (episodes for the rl methods).
         finetune_epochs: epochs of the short fine-tune of each best policy (0: none).
         finetune_images: train on a fixed subset of this many calibration images (None: all).
-        racing: ``on`` (racing methods race, unless their spec ends in ``@full``) or ``off`` (no cell races).
+        racing: ``on`` (racing methods race on the default stages, unless their spec ends in ``@full``), image counts
+            such as ``250,1000`` (they race on those stages) or ``off`` (no cell races).
         latency: time each best policy (and the dense network) on the device.
         device: where to evaluate, fine-tune and time.
         threads: CPU threads while timing.
@@ -151,9 +154,7 @@ class BenchSettings:
         """Raise :class:`ConfigError` or :class:`BudgetError` for settings that cannot run."""
         if not self.methods:
             raise ConfigError("--methods names no method")
-        if self.racing not in ("on", "off"):
-            raise ConfigError(f"--racing for a benchmark is on or off (a method spec ending in {FULL_FIDELITY} turns it "
-                              f"off for that method), got {self.racing!r}")
+        Racing.parse(self.racing, proxy_images=sys.maxsize)  # its form; the counts meet the proxy when a cell runs
         for spec in self.methods:
             cls = get_searcher(parse_method(spec)[0])
             spec_options(spec)
@@ -214,6 +215,8 @@ class BenchSettings:
         fields: dict[str, Any] = {}
         if cls.races and (self.racing == "off" or full_fidelity(spec)[1]):
             fields["racing"] = "off"
+        elif cls.races:
+            fields["racing"] = self.racing
         if cls.variant_option is not None:
             target = fields if cls.variant_option in SearchSettings.__dataclass_fields__ else options
             target[cls.variant_option] = variant
