@@ -232,8 +232,7 @@ class Searcher(ABC):
                 raise ConfigError(f"the run's record does not match what {self.name} proposes again (recorded "
                                   f"candidate {candidate.index} differs); it cannot be resumed: choose another --out")
         else:
-            incumbent = self.incumbent() if self.racing and meta["within_budget"] else None
-            candidate = self.evaluator.evaluate(policy, meta, incumbent=incumbent)
+            candidate = self.evaluator.evaluate(policy, meta, incumbent=self.rival(meta))
         return self.record(candidate)
 
     def candidate_meta(self, policy: Policy, meta: Mapping[str, Any] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -246,6 +245,10 @@ class Searcher(ABC):
     def incumbent(self) -> Candidate | None:
         """The candidate a new one races: the best within the budget so far."""
         return self.result.best
+
+    def rival(self, meta: Mapping[str, Any]) -> Candidate | None:
+        """What a candidate with ``meta`` races: the incumbent when this search races and it meets the budget."""
+        return self.incumbent() if self.racing and meta["within_budget"] else None
 
     def record(self, candidate: Candidate) -> Candidate:
         """Keep the books on a candidate: the history, the best one within the budget, the progress display.

@@ -138,8 +138,7 @@ class StudySearcher(Searcher):
         assumed holds, else dropped with its trial."""
         self._pauses = 0
         _, meta = self.candidate_meta(policy, {**meta, "optuna_trial": trial.number})
-        incumbent = self.incumbent() if self.racing and meta["within_budget"] else None
-        return self.evaluator.race(policy, meta, incumbent=incumbent)
+        return self.evaluator.race(policy, meta, incumbent=self.rival(meta))
 
     def finish_trial(self, trial: optuna.Trial, candidate: Candidate) -> float | list[float]:
         """Write a recorded candidate onto its claimed ``trial``; returns its objective values (raises to prune a
