@@ -43,7 +43,9 @@ def test_study_end_to_end_on_a_quick_benchmark(tmp_path: Path, capsys: pytest.Ca
     bench = tmp_path / "bench"
     assert cli_main(["bench", "--quick", "--quiet", "--methods", "uniform,random", "--budgets", "0.5",
                      "--proxy-images", "150", "--out", str(bench)]) == 0
-    assert main(["--cells", str(bench / "cells" / "digits-demo"), "--out", str(tmp_path)]) == 0
+    cells = str(bench / "cells" / "digits-demo")
+    assert main(["--cells", cells, "--evals", "7"]) == 2 and "no finished cells" in capsys.readouterr().err
+    assert main(["--cells", cells, "--evals", "6", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "digits-demo-proxy-sample.md").read_text()
     assert "| uniform | 1 |" in text and "| random | 1 |" in text and "unseen 209" in text
     assert (tmp_path / "digits-demo-proxy-sample.png").read_bytes().startswith(b"\x89PNG")

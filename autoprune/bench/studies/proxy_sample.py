@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autoprune.bench.studies.proxy_sample")
     parser.add_argument("--cells", required=True, help="a benchmark's cell folder (holding bench.json)")
     parser.add_argument("--budget", default="0.5flops", help="the budget folder of the cells (default 0.5flops)")
+    parser.add_argument("--evals", type=int, help="only the cells of this many evaluations (default: every cell)")
     parser.add_argument("--out", default="results/benchmarks")
     return run_study(_run, parser.parse_args(argv), argv)
 
@@ -117,7 +118,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     except (OSError, ValueError):
         raise ConfigError(f"{folder / 'bench.json'} is missing or unreadable; pass the cell folder of an "
                           f"`autoprune bench` run") from None
-    cells = [json.loads(p.read_text()) for p in sorted((folder / args.budget).glob("*.json"))]
+    pattern = f"*-e{args.evals}-s*.json" if args.evals else "*.json"
+    cells = [json.loads(p.read_text()) for p in sorted((folder / args.budget).glob(pattern))]
     cells = [c for c in cells if "kept" in c]
     if not cells:
         raise ConfigError(f"no finished cells in {folder / args.budget}")
