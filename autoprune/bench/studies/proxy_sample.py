@@ -12,7 +12,7 @@ proxy split: the images the searches were scored on (the first ``images`` of the
 which no search saw, and the report split. Per method it gives the mean of each, and the *selection gap*: the
 accuracy on the search's images minus that on the unseen rest (how those images differ for networks of that
 shape, plus the luck a search selected for). Across policies it gives the Spearman rank
-correlation of each with the report accuracy. Writes ``<out>/<name>-proxy-sample.md`` and a scatter plot.
+correlation of each with the report accuracy. Writes ``<out>/<bench>-<budget>-proxy-sample.md`` and a scatter plot.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from scipy import stats
 
 from autoprune.bench.finetune_cells import run_study
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.core.budget import Budget
 from autoprune.core.proxy import predict
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment, build_experiment
@@ -113,16 +114,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     folder = Path(args.cells)
+    budget = str(Budget.parse(args.budget))
     try:
         bench = json.loads((folder / "bench.json").read_text())
     except (OSError, ValueError):
         raise ConfigError(f"{folder / 'bench.json'} is missing or unreadable; pass the cell folder of an "
                           f"`autoprune bench` run") from None
     pattern = f"*-e{args.evals}-s*.json" if args.evals else "*.json"
-    cells = [json.loads(p.read_text()) for p in sorted((folder / args.budget).glob(pattern))]
+    cells = [json.loads(p.read_text()) for p in sorted((folder / budget).glob(pattern))]
     cells = [c for c in cells if "kept" in c]
     if not cells:
-        raise ConfigError(f"no finished cells in {folder / args.budget}")
+        raise ConfigError(f"no finished cells in {folder / budget}")
     config = EnvConfig(**bench["env"])
     seen = config.proxy.get("images")
     if seen is None:
@@ -133,11 +135,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     rows = rescore(exp, cells)
     methods, rho = summarize(rows, seen)
     total = len(rows[0]["hits"])
-    name = f"{folder.name}-proxy-sample"
-    lines = [f"# Did the searches fit their proxy images? {folder.name} at {args.budget}", "",
+    name = f"{folder.name}-{budget}-proxy-sample"
+    lines = [f"# Did the searches fit their proxy images? {folder.name} at {budget}", "",
              *machine_header([Path(sys.executable).name, "-m", "autoprune.bench.studies.proxy_sample",
                               *(argv if argv is not None else sys.argv[1:])]),
-             f"- {len(rows)} final policies of the cells in `{folder / args.budget}`, rebuilt and recalibrated with the "
+             f"- {len(rows)} final policies of the cells in `{folder / budget}`, rebuilt and recalibrated with the "
              f"benchmark's Evaluator settings; the searches scored candidates on the first {seen} images of the "
              f"`{config.splits['proxy']}` split ({total} images); the other {total - seen} no search saw",
              "- selection gap: accuracy on the searches' images minus accuracy on the unseen rest; mean ± std over "
