@@ -45,9 +45,9 @@ def test_study_end_to_end_on_a_quick_benchmark(tmp_path: Path, capsys: pytest.Ca
                      "--proxy-images", "150", "--out", str(bench)]) == 0
     cells = str(bench / "cells" / "digits-demo")
     assert main(["--cells", cells, "--evals", "7"]) == 2 and "no finished cells" in capsys.readouterr().err
-    assert main(["--cells", cells, "--evals", "6", "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "digits-demo-0.5flops-proxy-sample.md").read_text()
+    assert main(["--cells", cells, "--evals", "6", "--out", str(tmp_path / "new")]) == 0
+    text = (tmp_path / "new" / "digits-demo-0.5flops-proxy-sample.md").read_text()
     assert "| uniform | 1 |" in text and "| random | 1 |" in text and "unseen 209" in text
-    assert (tmp_path / "digits-demo-0.5flops-proxy-sample.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "new" / "digits-demo-0.5flops-proxy-sample.png").read_bytes().startswith(b"\x89PNG")
     assert main(["--cells", str(tmp_path / "nothing")]) == 2
     assert "bench.json" in capsys.readouterr().err

@@ -154,6 +154,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     lines += ["", f"Spearman rank correlation with the report accuracy over the {len(rows)} policies: the searches' "
               f"{seen} images {rho['seen']:.3f}, the unseen {total - seen} {rho['rest']:.3f}, all {total} "
               f"{rho['all']:.3f}.", ""]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     figure = plot(rows, seen, total, Path(args.out) / f"{name}.png")
     lines += [f"![proxy against test accuracy]({figure.name})", ""]
     write_markdown(args.out, f"{name}.md", lines)
