@@ -62,6 +62,11 @@ def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search
     assert "| uniform |" in report and "| dense |" in report and "| optuna-cmaes | " in report
     assert "**Answer (with cross-entropy):** the best searched policy after fine-tuning, optuna-cmaes," in report
     assert (out / "digits-demo-finetune-curves.png").stat().st_size > 10_000
+    assert "nan" not in report
+    one_seed = [*argv[:argv.index("--seeds")], "--seeds", "1", *argv[argv.index("--seeds") + 2:]]
+    assert finetune.main([*one_seed, "--report-only"]) == 0
+    assert "p = n/a: fewer than two seeds or no spread" in (out / "digits-demo-finetune.md").read_text()
+    assert finetune.main([*argv, "--report-only"]) == 0
 
     (cells / "random-kd-s1.json").unlink()
     before = {p.name: p.read_text() for p in cells.glob("*.json")}

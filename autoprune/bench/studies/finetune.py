@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, replace
@@ -171,7 +172,9 @@ def answer(best: str, kd: bool, values: Any) -> str:
         diff = 100 * (statistics.mean(mine) - statistics.mean(other))
         p = stats.ttest_ind(mine, other, equal_var=False).pvalue if len(mine) > 1 and len(other) > 1 else float("nan")
         verdict = "beats" if diff > 0 else "does not beat"
-        parts.append(f"{verdict} {base} by {diff:+.2f} points (p = {p:.3f}{', significant at 5%' if p < 0.05 else ', not significant at 5%'})")
+        test = ("p = n/a: fewer than two seeds or no spread" if math.isnan(p) else
+                f"p = {p:.3f}, {'significant' if p < 0.05 else 'not significant'} at 5%")
+        parts.append(f"{verdict} {base} by {diff:+.2f} points ({test})")
     loss = "with distillation" if kd else "with cross-entropy"
     return f"**Answer ({loss}):** the best searched policy after fine-tuning, {best}, " + " and ".join(parts) + "."
 
