@@ -68,7 +68,8 @@ def reference(cells: list[dict[str, Any]]) -> tuple[str, float] | None:
     return spec, float(np.mean(means[spec]))
 
 
-def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of ``values`` times ``scale`` (sample std; 0 for one value; ``—`` for none)."""
     if not values:
         return "—"
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -102,9 +103,9 @@ def anytime_section(cells: list[dict[str, Any]]) -> list[str]:
             racing = group[0].get("racing")
             lines.append(
                 f"| {method} | {len(group)} | {'→'.join(map(str, racing)) if racing else 'off'} | "
-                + " | ".join(_ms(v) for v in at)
-                + f" | {_ms([c['report_acc'] for c in group])} | {_ms([c['clock_total'] for c in group], 1, 0)} | "
-                f"{_ms(times, 1, 0) if ref else '—'} | {len(times)}/{len(group)} |")
+                + " | ".join(mean_std(v) for v in at)
+                + f" | {mean_std([c['report_acc'] for c in group])} | {mean_std([c['clock_total'] for c in group], 1, 0)} | "
+                f"{mean_std(times, 1, 0) if ref else '—'} | {len(times)}/{len(group)} |")
     return lines
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from scipy import stats
 
+from autoprune.bench.anytime import mean_std
 from autoprune.bench.finetune_cells import run_study
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.core.budget import Budget
@@ -75,11 +75,6 @@ def summarize(rows: list[dict[str, Any]], seen: int) -> tuple[list[dict[str, Any
     rho = {k: stats.spearmanr([r[k] for r in rows], report).statistic if len(rows) > 2 else float("nan")
            for k in ("seen", "rest", "all")}
     return methods, rho
-
-
-def _ms(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
 
 
 def plot(rows: list[dict[str, Any]], seen: int, total: int, path: Path) -> Path:
@@ -149,8 +144,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
              f"| method | seeds | searches' {seen} images (%) | unseen {total - seen} (%) | all {total} (%) | "
              "report split (%) | selection gap (points) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m in methods:
-        lines.append(f"| {m['method']} | {m['seeds']} | {_ms(m['seen'])} | {_ms(m['rest'])} | {_ms(m['all'])} | "
-                     f"{_ms(m['report_acc'])} | {_ms(m['gap'])} |")
+        lines.append(f"| {m['method']} | {m['seeds']} | {mean_std(m['seen'])} | {mean_std(m['rest'])} | {mean_std(m['all'])} | "
+                     f"{mean_std(m['report_acc'])} | {mean_std(m['gap'])} |")
     lines += ["", f"Spearman rank correlation with the report accuracy over the {len(rows)} policies: the searches' "
               f"{seen} images {rho['seen']:.3f}, the unseen {total - seen} {rho['rest']:.3f}, all {total} "
               f"{rho['all']:.3f}.", ""]
