@@ -65,3 +65,12 @@ def test_time_to_quality_reads_the_best_so_far_against_seconds():
                 for c in cells]
     assert "longest cell 10 CPU s" in "\n".join(anytime_section(with_cpu))  # CPU time when every cell has it
     assert time_to(timed(with_cpu)[1], 0.6) == 5.0
+
+
+def test_mean_std_uses_the_sample_std_and_leaves_out_what_was_not_measured():
+    from autoprune.bench.stats import mean_std
+
+    assert mean_std([0.5, 0.7]) == "60.00 ± 14.14"
+    assert mean_std([0.5, float("nan"), 0.7]) == "60.00 ± 14.14"
+    assert mean_std([3.0], 1, 1) == "3.0 ± 0.0"
+    assert mean_std([]) == mean_std([float("nan")]) == "—"

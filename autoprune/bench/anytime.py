@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.bench.settings import parse_method
+from autoprune.bench.stats import mean_std
 from autoprune.errors import ConfigError
 from autoprune.plotting import pyplot, save_figure
 
@@ -68,12 +69,6 @@ def reference(cells: list[dict[str, Any]]) -> tuple[str, float] | None:
     return spec, float(np.mean(means[spec]))
 
 
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std`` of ``values`` times ``scale`` (sample std; 0 for one value; ``—`` for none)."""
-    if not values:
-        return "—"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{scale * float(np.mean(values)):.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def anytime_section(cells: list[dict[str, Any]]) -> list[str]:

@@ -19,6 +19,7 @@ import pandas as pd
 from autoprune.bench.anytime import anytime_section, plot_anytime, timed
 from autoprune.bench.machine import machine_header
 from autoprune.bench.settings import OPTIONS_SEPARATOR, BenchSettings, parse_method
+from autoprune.bench.stats import mean_std
 from autoprune.console import plural
 from autoprune.core.cost import FLOPS_LABEL
 from autoprune.errors import ConfigError
@@ -47,12 +48,6 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: float for k in NUMBERS})
 
 
-def _ms(values: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
-    values = values.dropna() * scale
-    if values.empty:
-        return "—"
-    std = values.std() if len(values) > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def _stats(frame: pd.DataFrame, column: str) -> dict[str, tuple[float, float | None]]:
@@ -222,10 +217,10 @@ def _markdown(settings: BenchSettings, frame: pd.DataFrame, dense: dict[str, Any
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, g in part.groupby("method", sort=False):
             lines.append(
-                f"| {method} | {len(g)} | {_ms(g.proxy_acc, 100)} | {_ms(g.report_acc, 100)} | "
-                f"{_ms(g.finetuned_acc, 100)} | {_ms(g.flops_fraction, 1, 4)} | {_ms(g.params, 1e-6, 3)} | "
-                f"{_ms(g.latency_ms)} | {_ms(g.seconds, 1, 0)} | {_ms(g.evals, 1, 0)} | {_ms(g.distinct, 1, 0) if g.distinct.notna().all() else '—'} | "
-                f"{_ms(g.evals_per_min, 1, 1)} |")
+                f"| {method} | {len(g)} | {mean_std(g.proxy_acc, 100)} | {mean_std(g.report_acc, 100)} | "
+                f"{mean_std(g.finetuned_acc, 100)} | {mean_std(g.flops_fraction, 1, 4)} | {mean_std(g.params, 1e-6, 3)} | "
+                f"{mean_std(g.latency_ms, 1)} | {mean_std(g.seconds, 1, 0)} | {mean_std(g.evals, 1, 0)} | {mean_std(g.distinct, 1, 0) if g.distinct.notna().all() else '—'} | "
+                f"{mean_std(g.evals_per_min, 1, 1)} |")
         lines += ["", "✓: more than one standard deviation over seeds (the larger of the two methods'); ?: one seed, "
                   "no standard deviation.", ""]
         columns = [("proxy_acc", "proxy acc"), ("report_acc", "test acc"), ("finetuned_acc", "test acc after fine-tune")]

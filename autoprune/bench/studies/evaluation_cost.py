@@ -36,6 +36,7 @@ from scipy import stats
 from torch import nn
 
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.bench.stats import mean_std
 from autoprune.console import Progress
 from autoprune.core.budget import Budget
 from autoprune.core.proxy import Proxy, fold_batchnorm, recalibrate_batchnorm
@@ -85,9 +86,6 @@ def _forward(network: nn.Module, proxy: Proxy, inference: bool = False, fold: bo
     return predictions == proxy.targets, mid - start, time.process_time() - mid
 
 
-def _mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def replay_racing(hits: np.ndarray, early: np.ndarray, racing: Racing | None, order: np.ndarray,
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     default_stages = Racing.parse("on", len(proxy))
     assert default_stages is not None
     racing_rows = [f"| off | — | 100% | — | — | {len(orders)}/{len(orders)} | "
-                   f"{_mean_std([r['best'] for r in no_racing], 100, 2)} | {_mean_std([r['seconds'] for r in no_racing], 1, 2)} | "
+                   f"{mean_std([r['best'] for r in no_racing], 100, 2)} | {mean_std([r['seconds'] for r in no_racing], 1, 2)} | "
                    f"{plain_seconds / statistics.mean(r['seconds'] for r in no_racing):.2f}x |"]
     for early_batches in (None, DEFAULT_EARLY_BATCHES):  # replayed as given, whatever MIN_BATCHES_LEFT says
         for confidence in CONFIDENCES:
@@ -198,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             early = hits_at[early_batches] if early_batches else hits
             runs = [replay_racing(hits, early, racing, o, cost) for o in orders]
             same_best = sum(r["best"] == b["best"] for r, b in zip(runs, no_racing))
-            stops = " / ".join(_mean_std([r[f"stop@{n}"] for r in runs], digits=1) for n in racing.stages[:-1])
+            stops = " / ".join(mean_std([r[f"stop@{n}"] for r in runs], 1, 1) for n in racing.stages[:-1])
             racing_rows.append(
                 f"| {100 * confidence:g}% | {'all' if early_batches is None else early_batches} | "
-                f"{_mean_std([r['scored'] for r in runs], 100, 1)}% | {stops} | "
-                f"{_mean_std([r['wrong'] for r in runs], digits=2)} | {same_best}/{len(orders)} | "
-                f"{_mean_std([r['best'] for r in runs], 100, 2)} | {_mean_std([r['seconds'] for r in runs], 1, 2)} | "
+                f"{mean_std([r['scored'] for r in runs], 100, 1)}% | {stops} | "
+                f"{mean_std([r['wrong'] for r in runs], 1, 2)} | {same_best}/{len(orders)} | "
+                f"{mean_std([r['best'] for r in runs], 100, 2)} | {mean_std([r['seconds'] for r in runs], 1, 2)} | "
                 f"{plain_seconds / statistics.mean(r['seconds'] for r in runs):.2f}x |")
 
     plain_total = [r + s for r, s in timings[names[0]]]
@@ -213,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         score = [s for _, s in timings[name]]
         total = [r + s for r, s in timings[name]]
         speedup = statistics.mean(p / t for p, t in zip(plain_total, total))
-        path_rows.append(f"| {name} | {_mean_std(recal)} | {_mean_std(score)} | {_mean_std(total)} | {speedup:.2f}x | "
+        path_rows.append(f"| {name} | {mean_std(recal, 1, 3)} | {mean_std(score, 1, 3)} | {mean_std(total, 1, 3)} | {speedup:.2f}x | "
                          f"{flips[name]} |")
     reference = calibration_acc[REFERENCE_CALIBRATION]
     calibration_rows = []
@@ -221,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         rho = stats.spearmanr(calibration_acc[k], reference).statistic
         tau = stats.kendalltau(calibration_acc[k], reference).statistic
         calibration_rows.append(
-            f"| {k} | {_mean_std(calibration_acc[k], 100, 2)} | {rho:.3f} | {tau:.3f} | "
+            f"| {k} | {mean_std(calibration_acc[k], 100, 2)} | {rho:.3f} | {tau:.3f} | "
             f"{'yes' if int(np.argmax(calibration_acc[k])) == int(np.argmax(reference)) else 'no'} |")
 
     command = [sys.executable.rsplit("/", 1)[-1], "-m", "autoprune.bench.studies.evaluation_cost", *(argv or sys.argv[1:])]

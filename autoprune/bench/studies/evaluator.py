@@ -17,17 +17,13 @@ import statistics
 import sys
 
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.bench.stats import mean_std
 from autoprune.console import plural
 from autoprune.core.budget import Budget
 from autoprune.core.cost import FLOPS_LABEL
 from autoprune.experiment import build_experiment
 from autoprune.presets import load_env
 from autoprune.search import get_searcher
-
-
-def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"## Throughput: random search, {plural(args.evals, 'evaluation')} per seed",
         "",
-        f"evaluations per minute: **{_mean_std(per_min)}**; overhead outside the proxy forward passes: "
-        f"**{_mean_std([100 * o for o in overhead])} %** (mean ± std over {plural(args.seeds, 'seed')})",
+        f"evaluations per minute: **{mean_std(per_min, 1, 3)}**; overhead outside the proxy forward passes: "
+        f"**{mean_std(overhead, 100, 3)} %** (mean ± std over {plural(args.seeds, 'seed')})",
         "",
         "| seed | evals/min | overhead | prune s | recalibrate s | score s | cost ms | total s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

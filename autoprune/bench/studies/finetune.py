@@ -32,6 +32,7 @@ from scipy import stats
 from autoprune.bench.finetune_cells import CellSpec, add_study_arguments, finished, run_cells, run_study, study_recipe
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.bench.settings import parse_method, parse_methods
+from autoprune.bench.stats import mean_std
 from autoprune.core.budget import Budget
 from autoprune.errors import ConfigError
 from autoprune.finetune.trainer import FinetuneSettings
@@ -104,11 +105,6 @@ def check_identity(cells: Path, identity: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(identity, indent=1) + "\n")
 
 
-def _ms(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.{digits}f} ± {100 * std:.{digits}f}"
 
 
 def gap(a: list[float], b: list[float]) -> str:
@@ -135,9 +131,9 @@ def report_lines(records: list[dict[str, Any]], methods: list[str], distill: lis
             continue
         flops = rows[0]["flops"] / rows[0]["dense_flops"]
         before = [r["before_report_acc"] for r in rows if r["distill"] == distill[0]]
-        after = [_ms(values(method, kd, "report_acc")) for kd in distill]
+        after = [mean_std(values(method, kd, "report_acc")) for kd in distill]
         minutes = statistics.mean(r["seconds"] for r in rows) / 60
-        lines.append(f"| {method} | {flops:.3f} | {_ms(before)} | " + " | ".join(after) +
+        lines.append(f"| {method} | {flops:.3f} | {mean_std(before)} | " + " | ".join(after) +
                      f" | {len(before)} | {minutes:.1f} |")
     lines += ["", f"The {CONTROL} row is the control: the unpruned network given the same fine-tuning; its gain is "
               "what extra training on this data gives without pruning.", ""]

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from scipy import stats
 
-from autoprune.bench.anytime import mean_std
 from autoprune.bench.finetune_cells import run_study
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.bench.stats import mean_std
 from autoprune.core.budget import Budget
 from autoprune.core.proxy import predict
 from autoprune.errors import ConfigError

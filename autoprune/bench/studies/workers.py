@@ -31,6 +31,7 @@ import optuna
 import torch
 
 from autoprune.bench.machine import library_versions, machine_description, machine_header, write_markdown
+from autoprune.bench.stats import mean_std
 from autoprune.console import Progress
 from autoprune.core.budget import Budget
 from autoprune.core.policy import PolicyRecord
@@ -63,9 +64,6 @@ def run_cell(env: str, budget: str, method: str, workers: int, seed: int, evals:
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def _within_one_std(a: list[float], b: list[float]) -> bool:
@@ -78,8 +76,8 @@ def _speculation(cells: list[dict[str, Any]]) -> str:
     """Children scored speculatively per search (evolution): recorded, and dropped (their parent was beaten)."""
     if any("speculative" not in c for c in cells):
         return "—"  # (cells made before evolution speculated)
-    return (f"{_mean_std([c['speculative'] for c in cells], digits=1)} / "
-            f"{_mean_std([c['speculative_dropped'] for c in cells], digits=1)}")
+    return (f"{mean_std([c['speculative'] for c in cells], 1, 1)} / "
+            f"{mean_std([c['speculative_dropped'] for c in cells], 1, 1)}")
 
 
 def report_lines(cells: list[dict[str, Any]], counts: list[int]) -> list[str]:
@@ -103,10 +101,10 @@ def report_lines(cells: list[dict[str, Any]], counts: list[int]) -> list[str]:
             same = "—" if k == 1 or len(one) < 2 or len(mine) < 2 else (
                 "yes" if all(_within_one_std([c[m] for c in one.values()], [c[m] for c in mine])
                              for m in ("proxy_acc", "report_acc")) else "no")
-            lines.append(f"| {method} | {k} | {len(mine)} | {_mean_std(seconds, digits=1)} | {speed} | "
-                         f"{_mean_std(paired) + 'x' if paired else '—'} | {_mean_std(walls, digits=1)} | {whole} | "
-                         f"{_mean_std([c['proxy_acc'] for c in mine], 100)} "
-                         f"| {_mean_std([c['report_acc'] for c in mine], 100)} | {same} | {_speculation(mine)} |")
+            lines.append(f"| {method} | {k} | {len(mine)} | {mean_std(seconds, 1, 1)} | {speed} | "
+                         f"{mean_std(paired, 1) + 'x' if paired else '—'} | {mean_std(walls, 1, 1)} | {whole} | "
+                         f"{mean_std([c['proxy_acc'] for c in mine], 100)} "
+                         f"| {mean_std([c['report_acc'] for c in mine], 100)} | {same} | {_speculation(mine)} |")
     return lines
 
 
