@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from autoprune.core.budget import Budget
-from autoprune.errors import ConfigError
 from autoprune.experiment import build_experiment
 from autoprune.search import get_searcher
 
@@ -134,27 +133,3 @@ def test_torch_pruning_global_baseline_meets_the_budget_in_one_evaluation(digits
     assert searcher.cost(looser) > searcher.limit  # bisected: a little less pruning breaks the budget
     for u in digits.space.units:
         assert first.best.kept[u.name] in u.allowed_kept
-
-
-def test_random_starts_are_raced_like_a_generation_and_the_best_becomes_the_parent(digits):
-    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.4flops"), evals=13, seed=1, starts=9)
-    result = searcher.search()
-    starts = [c for c in result.candidates if c.meta.get("start")]
-    assert len(starts) == 9 and result.candidates[:9] == starts  # uniform first, then 8 draws
-    uniform = searcher.space.kept(searcher.project({n: 0.0 for n in searcher.space.names}, fill=False))
-    assert starts[0].kept == uniform and starts[0].ok
-    assert len({tuple(c.kept.values()) for c in starts}) == 9 and all(c.flops <= searcher.limit for c in starts)
-    assert sum(c.ok for c in starts[1:]) <= 1 and all(c.fidelity in searcher.stages for c in starts)  # a quarter, then one
-    fixed, drawn = searcher._starts()  # the same draws in every process of the seed
-    key = lambda kept: tuple(kept.values())  # noqa: E731  (recorded as they finish, not as drawn)
-    assert sorted(key(searcher.space.kept(p)) for p in fixed + drawn) == sorted(key(c.kept) for c in starts)
-    first_parent = max((c for c in starts if c.ok), key=lambda c: c.proxy_acc)
-    children = [c for c in result.candidates if c.meta.get("generation") == 1]
-    assert len(children) == 4 and searcher.generation == 1
-    assert all(sum(c.kept[n] != first_parent.kept[n] for n in c.kept) >= 1 for c in children)
-    assert searcher._size(0) == 9
-
-
-def test_starts_below_one_are_refused(digits):
-    with pytest.raises(ConfigError, match="--starts"):
-        get_searcher("evolution")(digits.evaluator, Budget.parse("0.4flops"), evals=10, starts=0)

@@ -2,9 +2,7 @@
 mutations move channels between units so that the budget stays met, with offspring selected in stages on
 growing slices of the proxy split.
 
-The search starts from the uniform policy at the budget (with ``starts`` > 1 also from random-search draws,
-selected in stages like a generation; with the sensitivity prior also from its allocation). Each generation
-mutates the parent (the best policy so far) into ``offspring`` children. A mutation
+Each generation mutates the parent (the best policy so far) into ``offspring`` children. A mutation
 takes channels from a few units and gives the budget they free to others, then spends whatever budget
 is left one allowed step at a time, so every child meets the budget as closely as rounding allows with
 no projection step. The children are scored in the Evaluator's racing stages (a quarter, half and all
@@ -51,7 +49,6 @@ from autoprune.search.shared import CandidateFailed, StudySearcher
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
-DEFAULT_STARTS = 1
 RETRIES = 20  # draws per child to find a layout that differs from the parent's
 
 
@@ -91,10 +88,8 @@ class EvolutionSearcher(StudySearcher):
             allowed counts, at least one).
         survivors: children kept after each early stage, e.g. ``4,1`` (default: a quarter of the offspring, then
             a quarter of those, at least one).
-        starts: starting policies: the uniform policy and ``starts - 1`` random-search draws (each unit's ratio
-            sampled in its bounds, projected onto the budget), the draws selected in stages like a generation; the
-            best start is the first parent.
-        prior: ``sensitivity`` also scores the sensitivity allocation at the budget as a start.
+        prior: ``sensitivity`` also scores the sensitivity allocation at the budget and starts from the better of
+            it and the uniform policy.
         ratios: the ratio grid of that prior's scan.
     """
 
@@ -107,8 +102,6 @@ class EvolutionSearcher(StudySearcher):
                      type=_positive, metavar="N"),
         SearchOption("survivors", "evolution: children kept after each early racing stage, e.g. 4,1 (default: a "
                      "quarter of the children per stage)", metavar="N,N"),
-        SearchOption("starts", f"evolution: starting policies, the uniform one and N-1 random-search draws raced like "
-                     f"a generation (default {DEFAULT_STARTS})", type=_positive, metavar="N"),
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
@@ -125,7 +118,6 @@ class EvolutionSearcher(StudySearcher):
         offspring: int = DEFAULT_OFFSPRING,
         moves: int = DEFAULT_MOVES,
         survivors: str | None = None,
-        starts: int = DEFAULT_STARTS,
         prior: str | None = None,
         ratios: str | None = None,
     ) -> None:
@@ -134,11 +126,10 @@ class EvolutionSearcher(StudySearcher):
                               f"--latency-model lut (the latency lookup table)")
         self.prior_ratios = check_prior(prior, ratios, evaluator, budget)
         super().__init__(evaluator, budget, evals, seed)
-        if offspring < 1 or moves < 1 or starts < 1:
-            raise ConfigError(f"--offspring, --moves and --starts must be >= 1, got {offspring}, {moves} and {starts}")
+        if offspring < 1 or moves < 1:
+            raise ConfigError(f"--offspring and --moves must be >= 1, got {offspring} and {moves}")
         self.offspring = offspring
         self.moves = moves
-        self.starts = starts
         racing = evaluator.racing
         self.stages = tuple(racing.stages) if self.racing and racing is not None else (len(evaluator.proxy),)
         self.survivors = self._survivors(survivors)
@@ -149,7 +140,11 @@ class EvolutionSearcher(StudySearcher):
     def _survivors(self, text: str | None) -> tuple[int, ...]:
         early = len(self.stages) - 1
         if text is None:
-            return self._quarters(self.offspring)
+            counts, n = [], self.offspring
+            for _ in range(early):
+                n = max(1, n // 4)
+                counts.append(n)
+            return tuple(counts)
         try:
             counts = [int(part) for part in text.split(",")]
         except ValueError:
@@ -158,14 +153,6 @@ class EvolutionSearcher(StudySearcher):
             raise ConfigError(f"--survivors {text!r}: give {early} falling counts >= 1, one per early racing stage "
                               f"({', '.join(map(str, self.stages[:-1]))} images)" if early else
                               "--survivors needs racing stages (--racing on or image counts)")
-        return tuple(counts)
-
-    def _quarters(self, children: int) -> tuple[int, ...]:
-        """The default survivor counts of ``children``: a quarter at each early stage, at least one."""
-        counts, n = [], children
-        for _ in range(len(self.stages) - 1):
-            n = max(1, n // 4)
-            counts.append(n)
         return tuple(counts)
 
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
@@ -180,29 +167,20 @@ class EvolutionSearcher(StudySearcher):
         if self.study is not None:
             self._run_shared()
             return
-        fixed, drawn = self._starts()
-        for policy in fixed:
+        for policy in self._starts():
             if self.exhausted:
                 return
             self._consider(self._full(policy, {"start": True}))
-        if drawn and self.parent is not None:
-            room = self.evals - self.result.evaluations
-            self._select([self.space.kept(p) for p in drawn[:room]], {"start": True}, self._quarters(len(drawn)))
         while not self.exhausted and self.parent is not None:
             self.generation += 1
-            count = min(self.offspring, self.evals - self.result.evaluations)
-            self._select([self._mutate(self.parent.kept) for _ in range(count)], {"generation": self.generation},
-                         self.survivors)
+            self._generation()
 
-    def _starts(self) -> tuple[list[Policy], list[Policy]]:
-        """The starting points: those scored on every image (the uniform policy at the budget, and the
-        sensitivity allocation with the prior), and the random-search draws raced against them (drawn from the
-        stream ``(seed, 0)``, so the same in every process)."""
-        fixed = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
+    def _starts(self) -> list[Policy]:
+        """The starting points: the uniform policy at the budget, and the sensitivity allocation with the prior."""
+        starts = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
         if self.prior_ratios is not None:
-            fixed.append(sensitivity_allocation(self, self.prior_ratios)[0])
-        rng = np.random.default_rng((self.seed, 0))
-        return fixed, [self.project(self.space.sample_ratios(rng)) for _ in range(self.starts - 1)]
+            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
+        return starts
 
     def _consider(self, candidate: Candidate) -> None:
         if candidate.ok and (self.parent is None or candidate.proxy_acc >= self.parent.proxy_acc):  # type: ignore[operator]
@@ -216,23 +194,22 @@ class EvolutionSearcher(StudySearcher):
         meta = {"method": self.name, **meta, "within_budget": self.cost(kept) <= self.limit}
         return self.record(self.evaluator.evaluate(policy, meta))
 
-    def _select(self, kepts: Sequence[Mapping[str, int]], tag: Mapping[str, Any], survivors: Sequence[int]) -> None:
-        """Score ``kepts`` as one generation (meta ``tag``): after each early stage only the best ``survivors`` go
-        on (and with racing only those that do not lose to the parent); the best of those scored on every image
-        may replace the parent."""
+    def _generation(self) -> None:
         assert self.parent is not None
+        count = min(self.offspring, self.evals - self.result.evaluations)
         children: list[Scoring | _Recorded] = []
-        for kept in kepts:
+        for _ in range(count):
+            kept = self._mutate(self.parent.kept)
             recorded = self._recorded.get(self.evaluator.key(kept))
             if recorded:
                 children.append(_Recorded(recorded.popleft()))
                 continue
-            meta = {"method": self.name, **tag, "within_budget": self.cost(kept) <= self.limit}
+            meta = {"method": self.name, "generation": self.generation, "within_budget": self.cost(kept) <= self.limit}
             children.append(self.evaluator.start(self.space.policy_from_kept(kept), meta))
         against = self.evaluator.hits(self.parent) if self.racing else None
         racing = self.evaluator.racing
         alive = children
-        for images, keep in zip(self.stages[:-1], survivors):
+        for images, keep in zip(self.stages[:-1], self.survivors):
             for child in alive:
                 if isinstance(child, Scoring):
                     child.advance(images)
@@ -318,7 +295,7 @@ class EvolutionSearcher(StudySearcher):
 
     def _size(self, generation: int) -> int:
         """Children of a generation (generation 0: the starting points), so that all of them make ``evals``."""
-        first = min(self.starts + (self.prior_ratios is not None), self.evals)
+        first = min(1 + (self.prior_ratios is not None), self.evals)
         if generation == 0:
             return first
         return max(0, min(self.offspring, self.evals - first - (generation - 1) * self.offspring))
@@ -350,8 +327,7 @@ class EvolutionSearcher(StudySearcher):
         """Enqueue the children of ``generation`` by ``parent`` that no trial holds yet: the starting points, or
         mutations of the parent drawn from the stream ``(seed, generation)``."""
         if parent is None:
-            fixed, drawn = self._starts()
-            children = [self.space.kept(p) for p in fixed + drawn][: self._size(0)]
+            children = [self.space.kept(p) for p in self._starts()]
         else:
             self.rng = np.random.default_rng((self.seed, generation))
             kept = {n: int(k) for n, k in parent.user_attrs["kept"].items()}
