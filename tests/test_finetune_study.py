@@ -108,6 +108,17 @@ def test_rank_correlations_against_scipy():
         "**Answer:** accuracy, 1,000 proxy images (the search's) ranks policies best (Spearman 1.000")
 
 
+def test_seeds_merge_into_one_record_per_policy_and_correlate_per_seed():
+    records = [{"trial": t, "seed": s, "report_acc": acc, **{p: proxy for p in PROXIES}}
+               for t, proxy, accs in ((1, 0.2, (0.60, 0.64)), (2, 0.4, (0.70, 0.66)), (3, 0.6, (0.80, 0.62)))
+               for s, acc in enumerate(accs)]
+    merged = {r["trial"]: r for r in proxy_fidelity.merge_seeds(records)}
+    assert merged[1]["report_acc"] == pytest.approx(0.62) and merged[3]["seed_accs"] == [0.80, 0.62]
+    assert merged[2]["proxy_acc"] == 0.4
+    per_seed = proxy_fidelity.per_seed_correlations(records)
+    assert per_seed["proxy_acc"] == pytest.approx([1.0, -0.5])  # seed 1: 0.64, 0.66, 0.62 against 0.2, 0.4, 0.6
+
+
 def test_picked_policies_span_the_proxy_range():
     trials = pd.DataFrame({"trial": range(10), "status": ["ok"] * 9 + ["fail"], "within_budget": [True] * 8 + [False] * 2,
                            "proxy_acc": [0.3, 0.9, 0.5, 0.1, 0.7, 0.2, 0.8, 0.4, 0.95, 0.99],
@@ -121,13 +132,17 @@ def test_proxy_fidelity_study_on_a_small_search(cli, tmp_path):
                "--racing", "off", "--out", "run", "--quiet")[0] == 0
     cells, out = tmp_path / "fid", tmp_path / "out"
     argv = ["--env", "digits-demo", "--weights", "builtin", "--run", str(tmp_path / "run"), "--policies", "4",
-            "--epochs", "1", "--train-images", "200", "--cells", str(cells), "--out", str(out), "--quiet"]
+            "--epochs", "1", "--train-images", "200", "--seeds", "2", "--cells", str(cells), "--out", str(out), "--quiet"]
     assert proxy_fidelity.main(argv) == 0
     records = [json.loads(p.read_text()) for p in sorted(cells.glob("trial-*.json"))]
-    assert len(records) == 4
+    assert len(records) == 8 and sorted({r["seed"] for r in records}) == [0, 1]
     for r in records:
         assert all(0 <= r[p] <= 1 for p in PROXIES)
         assert r["proxy_acc"] == pytest.approx(r["search_proxy_acc"], abs=1e-6)  # the search's own score, again
+    for seed0 in (r for r in records if r["seed"] == 0):
+        seed1 = next(r for r in records if r["seed"] == 1 and r["trial"] == seed0["trial"])
+        assert all(seed1[p] == seed0[p] for p in PROXIES)  # measured before fine-tuning: the seed does not matter
+        assert seed1["settings"]["seed"] == 1 and seed0["settings"]["seed"] == 0
     trials = pd.read_csv(tmp_path / "run" / "trials.csv")
     eligible = trials[(trials["status"] == "ok") & trials["within_budget"]]["proxy_acc"]
     assert min(r["proxy_acc"] for r in records) == pytest.approx(eligible.min())  # the range is spanned
