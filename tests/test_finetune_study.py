@@ -82,6 +82,20 @@ def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search
     assert err.startswith("autoprune: error: the cells in") and "lr" in err and "\n" not in err
 
 
+def test_the_answer_names_the_best_method_among_those_with_every_seed():
+    accs = {"a": [0.80, 0.82, 0.81], "b": [0.83], "c": [0.79, 0.80, 0.78], "uniform": [0.70, 0.71, 0.72]}
+
+    def values(method, kd, key):
+        return accs.get(method, [])
+
+    best, ahead = finetune.best_searched(["a", "b", "c"], False, values)
+    assert best == "a" and ahead == ["b"]
+    text = finetune.answer(best, False, values, ahead)
+    assert text.startswith("**Answer (with cross-entropy):** the best searched policy after fine-tuning among the "
+                           "methods with 3 seeds, a, beats uniform by +10.00 points (p = ")
+    assert "b reads 83.00% on 1 seed(s), not yet comparable" in text
+
+
 def test_finetune_study_names_missing_search_cells(search_cells, tmp_path, capsys):
     code = finetune.main([*TINY, "--methods", "uniform,evolution", "--search-cells", str(search_cells),
                           "--cells", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
