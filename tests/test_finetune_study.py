@@ -190,3 +190,13 @@ def test_a_cell_interrupted_mid_training_resumes_to_the_same_record(tmp_path, mo
     assert [e["report_acc"] for e in resumed["epochs"]] == [e["report_acc"] for e in whole["epochs"]]
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]
     assert resumed["test_acc"] == whole["test_acc"] and resumed["before_report_acc"] == whole["before_report_acc"]
+
+
+def test_proxy_fidelity_refuses_zero_seeds_in_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trials.csv").write_text("trial,status\n")
+    code = proxy_fidelity.main(["--env", "digits-demo", "--weights", "builtin", "--run", str(tmp_path / "run"),
+                                "--seeds", "0", "--cells", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "autoprune: error: --seeds must be >= 1, got 0"
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()

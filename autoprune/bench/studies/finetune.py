@@ -108,13 +108,19 @@ def check_identity(cells: Path, identity: dict[str, Any]) -> None:
 
 
 
-def gap(a: list[float], b: list[float]) -> str:
-    """``+1.23 points (p = 0.012)``: the difference of means and Welch's two-sided t-test (``p = n/a`` with fewer
-    than two values on a side or no spread)."""
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """The difference of means in points and Welch's two-sided t-test p-value (NaN with fewer than two values on a
+    side or no spread)."""
     diff = 100 * (statistics.mean(a) - statistics.mean(b))
     if len(a) < 2 or len(b) < 2 or statistics.pstdev(a) + statistics.pstdev(b) == 0:
-        return f"{diff:+.2f} (p = n/a)"
-    return f"{diff:+.2f} (p = {stats.ttest_ind(a, b, equal_var=False).pvalue:.3f})"
+        return diff, float("nan")
+    return diff, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def gap(a: list[float], b: list[float]) -> str:
+    """``+1.23 (p = 0.012)``: :func:`welch` as a table cell (``p = n/a`` where it has no p-value)."""
+    diff, p = welch(a, b)
+    return f"{diff:+.2f} (p = {'n/a' if math.isnan(p) else f'{p:.3f}'})"
 
 
 def report_lines(records: list[dict[str, Any]], methods: list[str], distill: list[bool]) -> list[str]:
@@ -178,8 +184,7 @@ def answer(best: str, kd: bool, values: Any, ahead: Sequence[str] = ()) -> str:
         other = values(base, kd, "report_acc")
         if not other:
             continue
-        diff = 100 * (statistics.mean(mine) - statistics.mean(other))
-        p = stats.ttest_ind(mine, other, equal_var=False).pvalue if len(mine) > 1 and len(other) > 1 else float("nan")
+        diff, p = welch(mine, other)
         verdict = "beats" if diff > 0 else "does not beat"
         test = ("p = n/a: fewer than two seeds or no spread" if math.isnan(p) else
                 f"p = {p:.3f}, {'significant' if p < 0.05 else 'not significant'} at 5%")
