@@ -347,13 +347,13 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``autoprune sensitivity``: scan (or read from the cache) and write ``sensitivity.csv`` and plots."""
     from autoprune.run.directory import new_run_dir, write_config
-    from autoprune.run.study import open_storage
     from autoprune.search.sensitivity_scan import (
         parse_ratios,
         scan,
         summary_line,
         write_outputs,
     )
+    from autoprune.trials.study import open_storage
 
     ratios = parse_ratios(args.ratios)
     config = _config(args)
@@ -469,7 +469,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("optuna-dashboard is not installed; pip install 'autoprune[dashboard]'") from None
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {url} (Ctrl-C to stop)")
-    from autoprune.run.study import open_storage
+    from autoprune.trials.study import open_storage
 
     optuna_dashboard.run_server(open_storage(url, Path(args.run)), host=args.host, port=args.port)
     return 0

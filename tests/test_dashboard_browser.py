@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.run.study import open_storage
+from autoprune.trials.study import open_storage
 
 pytestmark = pytest.mark.slow
 CI_VARIABLE = "AUTOPRUNE_CI"  # set by .ci/run: there a missing browser is a failure, not a skip

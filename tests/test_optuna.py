@@ -22,8 +22,8 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
 from autoprune.run.directory import pareto_front
-from autoprune.run.study import counted, open_storage
 from autoprune.search import SAMPLERS, OptunaSearcher
+from autoprune.trials.study import counted, open_storage
 
 
 @pytest.fixture(scope="module")

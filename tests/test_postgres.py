@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from autoprune.bench.studies.postgres import PostgresUnavailable, local_postgres
 from autoprune.bench.studies.reliability import worker_killed
-from autoprune.run.study import counted
+from autoprune.trials.study import counted
 from tests.test_workers import check_evolution_with_a_worker_killed
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_two_studies_in_one_database_do_not_see_each_other(postgres, cli, tmp_pa
 
 def test_workers_starting_at_once_on_a_new_database_all_open_it(postgres):
     url = postgres.create_database("fresh")  # no tables yet: every worker creates them at the same moment
-    code = "import sys; from autoprune.run.study import open_storage, open_study; open_study(open_storage(sys.argv[1]), 'x')"
+    code = "import sys; from autoprune.trials.study import open_storage, open_study; open_study(open_storage(sys.argv[1]), 'x')"
     workers = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [(w.wait(timeout=120), w.stderr.read()) for w in workers]
     assert all(status == 0 for status, _ in results), results

@@ -14,8 +14,8 @@ from autoprune.core.racing import Racing
 from autoprune.core.space import SearchSpace, SpaceConfig
 from autoprune.errors import ConfigError
 from autoprune.experiment import build_experiment
-from autoprune.run.record import decode_hits, encode_hits
 from autoprune.search import get_searcher
+from autoprune.trials.record import decode_hits, encode_hits
 from autoprune.zoo.digits import DigitsCNN
 from autoprune.zoo.images import ImageSet
 

@@ -15,8 +15,8 @@ from autoprune.bench.harness import benchmark
 from autoprune.bench.settings import BenchSettings
 from autoprune.errors import ConfigError
 from autoprune.presets import load_env
-from autoprune.run.study import open_storage
 from autoprune.search import SEARCHERS, SearchOption, get_searcher
+from autoprune.trials.study import open_storage
 
 
 class LuckySearcher(Searcher):

@@ -8,8 +8,8 @@ from autoprune.core.cost import fvcore_flops
 from autoprune.errors import ConfigError
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
-from autoprune.run.record import TrialRecorder
 from autoprune.search import SEARCHERS, get_searcher
+from autoprune.trials.record import TrialRecorder
 
 EVALS = 6
 # the rl agents warm up for 100 episodes by default (AMC); a tiny search needs a short warm-up

@@ -22,9 +22,18 @@ from optuna.trial import TrialState
 
 from autoprune.errors import BudgetError
 from autoprune.presets import load_env
-from autoprune.run.record import HITS_ATTR, decode_hits
 from autoprune.run.search import SearchSettings, run_search
-from autoprune.run.study import TASK_ATTR, ahead_of, claim, counted, drop, enqueue_tasks, open_storage, reap_dead_trials
+from autoprune.trials.record import HITS_ATTR, decode_hits
+from autoprune.trials.study import (
+    TASK_ATTR,
+    ahead_of,
+    claim,
+    counted,
+    drop,
+    enqueue_tasks,
+    open_storage,
+    reap_dead_trials,
+)
 
 SEARCH = ["search", "--env", "digits-demo", "--budget", "0.5flops", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -64,7 +73,7 @@ CLAIMER = """
 import sys, time
 from pathlib import Path
 import optuna
-from autoprune.run.study import claim, done_tasks, drop, enqueue_tasks, open_storage, waiting_params
+from autoprune.trials.study import claim, done_tasks, drop, enqueue_tasks, open_storage, waiting_params
 journal, go, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 study = optuna.load_study(study_name="tasks", storage=open_storage(journal))
 while not go.exists():

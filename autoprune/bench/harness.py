@@ -13,7 +13,7 @@ NetAdapt) run one seed. :func:`benchmark` runs the matrix and writes the report
 
 Processes of one folder claim cells with lock files (:func:`claim`). Processes on several machines share a
 matrix through an Optuna storage (``--storage URL``): its cells are tasks of the study ``bench-<name>``
-(:func:`~autoprune.run.study.enqueue_tasks`), each claimed by one process, and each finished cell is
+(:func:`~autoprune.trials.study.enqueue_tasks`), each claimed by one process, and each finished cell is
 recorded on its trial, so the report of any process is built from every machine's cells.
 """
 
@@ -43,10 +43,10 @@ from autoprune.finetune.trainer import Finetuner, FinetuneSettings
 from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.presets import calibration_image_count
 from autoprune.run.search import SearchSettings, search_in_process
-from autoprune.run.study import bind_settings, counted, enqueue_tasks, open_storage, open_study
-from autoprune.run.study import claim as claim_task
 from autoprune.search import get_searcher
 from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
+from autoprune.trials.study import bind_settings, counted, enqueue_tasks, open_storage, open_study
+from autoprune.trials.study import claim as claim_task
 
 CELL_FORMAT = 1
 

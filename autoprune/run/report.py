@@ -1,6 +1,6 @@
 """A run directory from a shared study: after a search on many machines, any machine writes the outputs.
 
-Every search records its settings on its study (:func:`~autoprune.run.study.bind_settings`), so the study
+Every search records its settings on its study (:func:`~autoprune.trials.study.bind_settings`), so the study
 alone says how to rebuild the experiment; ``autoprune report`` then writes ``config.yaml``, ``trials.csv``,
 ``policy.json``, ``summary.md`` and the plots exactly as the search command does (:func:`finish`).
 """
@@ -14,9 +14,9 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.errors import ConfigError
 from autoprune.io import check_output_dir
 from autoprune.run.directory import new_run_dir, write_config
-from autoprune.run.record import export_trials, trials_frame
 from autoprune.run.search import SearchSettings, finish
-from autoprune.run.study import load_study, open_storage, study_settings
+from autoprune.trials.record import export_trials, trials_frame
+from autoprune.trials.study import load_study, open_storage, study_settings
 
 
 def report(storage_url: str, study_name: str, out: str | None, data_dir: str | None = None,

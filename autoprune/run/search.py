@@ -2,7 +2,7 @@
 
 Everything a run needs is in its ``config.yaml`` (the resolved settings), so worker processes, a
 rerun of the same command (which resumes it) and ``autoprune pick`` rebuild the same experiment.
-The run's record is its Optuna study (:mod:`autoprune.run.record`): it holds every candidate of every
+The run's record is its Optuna study (:mod:`autoprune.trials.record`): it holds every candidate of every
 worker, a rerun replays or continues from it, and the final policy is chosen from it; ``trials.csv``
 is its export.
 """
@@ -52,7 +52,8 @@ from autoprune.run.directory import (
     write_summary,
 )
 from autoprune.run.interrupt import GracefulStop, StopRequested, graceful_stop
-from autoprune.run.record import (
+from autoprune.search import Searcher, get_searcher, methods_where
+from autoprune.trials.record import (
     TRIALS_FILE,
     StudyRecorder,
     TrialRecorder,
@@ -61,7 +62,7 @@ from autoprune.run.record import (
     recorded_candidates,
     trials_frame,
 )
-from autoprune.run.study import (
+from autoprune.trials.study import (
     STUDY_FILE,
     bind_settings,
     counted,
@@ -70,7 +71,6 @@ from autoprune.run.study import (
     parse_objectives,
     reap_dead_trials,
 )
-from autoprune.search import Searcher, get_searcher, methods_where
 
 
 @dataclass
@@ -465,7 +465,7 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.
         run_dir: where to write (the run directory, or a ``pick`` output folder).
         exp: the experiment.
         settings: the run's settings.
-        trials: the run's candidates, as read from its study (:func:`~autoprune.run.record.trials_frame`).
+        trials: the run's candidates, as read from its study (:func:`~autoprune.trials.record.trials_frame`).
         seconds: wall time of this command.
         budget: pick under this budget instead of the run's (``autoprune pick``).
         found_in: the run directory the candidates come from (default ``run_dir``).

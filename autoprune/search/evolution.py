@@ -12,7 +12,7 @@ on every image replaces the parent when it is at least as accurate. Every child 
 one trial; a child stopped early is recorded ``stopped`` with its accuracy after each stage.
 
 On a study that workers share, each generation is a set of tasks of the study
-(:func:`~autoprune.run.study.enqueue_tasks`): its children are enqueued as waiting trials and evaluated by
+(:func:`~autoprune.trials.study.enqueue_tasks`): its children are enqueued as waiting trials and evaluated by
 whichever worker is free, each racing the best candidate the study holds (the staged survivor cut needs one
 process and is left out). The next generation is a deterministic function of the seed and the finished
 generations (its parent is their best candidate scored on every image, its mutations draw from the stream
@@ -42,10 +42,10 @@ from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.run.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, held_tasks, waiting_params
 from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
 from autoprune.search.shared import CandidateFailed, StudySearcher
+from autoprune.trials.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, held_tasks, waiting_params
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3

@@ -23,7 +23,6 @@ from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Evaluator
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.run.study import open_study, unit_distributions
 from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import (
     PRIOR_OPTION,
@@ -32,6 +31,7 @@ from autoprune.search.sensitivity import (
     sensitivity_allocation,
 )
 from autoprune.search.shared import StudySearcher
+from autoprune.trials.study import open_study, unit_distributions
 
 SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
 

@@ -13,8 +13,8 @@ import numpy as np
 import optuna
 
 from autoprune.core.policy import Policy
-from autoprune.run.study import waiting_params
 from autoprune.search.shared import StudySearcher
+from autoprune.trials.study import waiting_params
 
 
 class RandomSearcher(StudySearcher):

@@ -9,7 +9,7 @@ run's ``trials.csv``.
 
 With a storage (``autoprune sensitivity --storage URL`` on several machines, or the workers of a search
 with ``--prior sensitivity``) the grid is a set of tasks of the study ``sensitivity-<key>``
-(:func:`~autoprune.run.study.enqueue_tasks`): enqueued once, filled by every worker, each point scored
+(:func:`~autoprune.trials.study.enqueue_tasks`): enqueued once, filled by every worker, each point scored
 once; each worker then reads the whole table from the study, and the cache is written once.
 """
 
@@ -36,7 +36,7 @@ from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
 from autoprune.io import atomic_write
 from autoprune.plotting import pyplot, save_figure
-from autoprune.run.study import claim, done_tasks, enqueue_tasks, open_study, reap_dead_trials
+from autoprune.trials.study import claim, done_tasks, enqueue_tasks, open_study, reap_dead_trials
 from autoprune.zoo.images import cache_dir
 
 DEFAULT_RATIOS = "0.1:0.9:0.1"

@@ -1,7 +1,7 @@
 """Searching on a study that many workers share: every candidate is a trial that one worker claims.
 
 A :class:`StudySearcher` attached to a run whose study other workers share (``shared``; always for Optuna)
-evaluates one claimed trial at a time (:func:`~autoprune.run.study.claim`), races each candidate against the
+evaluates one claimed trial at a time (:func:`~autoprune.trials.study.claim`), races each candidate against the
 best one the study holds (whichever worker found it), writes the candidate onto its trial, and counts the
 evaluations of the whole study, so ``evals`` is exact whatever the number of workers. An open searcher
 (Optuna, random) makes a new trial when none waits (:meth:`StudySearcher.run_open`); a waiting trial (a dead
@@ -22,8 +22,9 @@ from optuna.trial import TrialState
 
 from autoprune.core.evaluator import Candidate, Scoring
 from autoprune.core.policy import Policy
-from autoprune.run.record import HITS_ATTR, candidate_attrs, candidate_from_trial, decode_hits, encode_hits
-from autoprune.run.study import (
+from autoprune.search.base import Searcher
+from autoprune.trials.record import HITS_ATTR, candidate_attrs, candidate_from_trial, decode_hits, encode_hits
+from autoprune.trials.study import (
     ahead_of,
     claim,
     counted,
@@ -33,7 +34,6 @@ from autoprune.run.study import (
     reap_dead_trials,
     unit_distributions,
 )
-from autoprune.search.base import Searcher
 
 
 class CandidateFailed(Exception):

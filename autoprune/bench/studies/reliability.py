@@ -39,8 +39,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.cli import main
 from autoprune.presets import load_env
-from autoprune.run.record import TrialRecorder, recorded_candidates
-from autoprune.run.study import counted, open_storage
+from autoprune.trials.record import TrialRecorder, recorded_candidates
+from autoprune.trials.study import counted, open_storage
 
 ENV = "digits-demo"
 SEARCH = ["search", "--env", ENV, "--budget", "0.5flops", "--quiet"]

@@ -38,7 +38,7 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.io import atomic_write_text
 from autoprune.presets import load_env
 from autoprune.run.search import SearchSettings, run_search
-from autoprune.run.study import counted, open_storage
+from autoprune.trials.study import counted, open_storage
 
 GOAL = 1.7
 """The speed-up the issue asks of two workers."""

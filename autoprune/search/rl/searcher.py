@@ -352,8 +352,8 @@ def earlier_candidates(run_dir: Path, space: SearchSpace) -> list[Candidate]:
     """
     import optuna
 
-    from autoprune.run.record import recorded_candidates
-    from autoprune.run.study import STUDY_FILE, open_storage
+    from autoprune.trials.record import recorded_candidates
+    from autoprune.trials.study import STUDY_FILE, open_storage
 
     if not (run_dir / STUDY_FILE).is_file():
         raise ConfigError(f"--warm-start {str(run_dir)!r} holds no {STUDY_FILE}; give the --out folder of an earlier "

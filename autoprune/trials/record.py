@@ -30,7 +30,7 @@ from autoprune.core.policy import Policy
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.io import atomic_write_text
-from autoprune.run.study import counted, objective_values, unit_distributions
+from autoprune.trials.study import counted, objective_values, unit_distributions
 
 TRIALS_FILE = "trials.csv"
 HITS_ATTR = "hits"
