@@ -97,23 +97,56 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(cli, tmp_path, po
     assert reports[0]["after_acc"] == reports[1]["after_acc"] and reports[0]["before_acc"] == reports[1]["before_acc"]
 
 
-def _train(exp: Experiment, record: PolicyRecord, settings: FinetuneSettings) -> dict[str, torch.Tensor]:
-    network = exp.evaluator.pruner.prune(kept_channels(record, exp.space))
-    trainer = Finetuner(network, exp.split("calibration"), settings, Augmentation(pad=1), copy.deepcopy(exp.model))
+def _train(exp: Experiment, record: PolicyRecord, settings: FinetuneSettings, teacher_cache: Path | None = None,
+           kept: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], Finetuner]:
+    network = exp.evaluator.pruner.prune(kept or kept_channels(record, exp.space))
+    trainer = Finetuner(network, exp.split("calibration"), settings, Augmentation(pad=1), copy.deepcopy(exp.model),
+                        teacher_cache=teacher_cache)
     trainer.fit()
-    return network.state_dict()
+    return network.state_dict(), trainer
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_distillation_changes_training_and_weight_zero_is_plain_training(digits, policy):
     record = PolicyRecord.load(policy)
-    plain = _train(digits, record, FinetuneSettings(epochs=1, train_images=400))
-    zero = _train(digits, record, FinetuneSettings(epochs=1, train_images=400, distill=True, distill_weight=0.0))
-    kd = _train(digits, record, FinetuneSettings(epochs=1, train_images=400, distill=True))
-    assert all(torch.equal(plain[k], zero[k]) for k in plain)
-    assert not all(torch.equal(plain[k], kd[k]) for k in plain)
+    plain, _ = _train(digits, record, FinetuneSettings(epochs=1, train_images=400))
+    zero, _ = _train(digits, record, FinetuneSettings(epochs=1, train_images=400, distill=True, distill_weight=0.0))
+    kd, _ = _train(digits, record, FinetuneSettings(epochs=1, train_images=400, distill=True))
+    assert _same(plain, zero)
+    assert not _same(plain, kd)
     logits = torch.randn(8, 10)
     assert distillation_loss(logits, logits, 4.0).abs() < 1e-6
     assert distillation_loss(logits, torch.randn(8, 10), 4.0) > 0.01
+
+
+def test_kept_teacher_logits_are_read_back_by_another_student_and_train_it_identically(digits, policy, tmp_path):
+    record = PolicyRecord.load(policy)
+    settings = FinetuneSettings(epochs=2, train_images=300, batch_size=64, distill=True)
+    online, first = _train(digits, record, settings)  # the teacher run for every batch: the reference
+    assert first.teacher is not None and first.teacher.read == 0 and first.teacher.computed == 2 * 5
+    cache = tmp_path / "logits"
+    kept, writer = _train(digits, record, settings, cache)
+    assert _same(online, kept) and writer.teacher.read == 0  # the first student computes and keeps them
+    assert sorted(p.name.split("-", 1)[1] for p in cache.iterdir()) == ["s0-e0.pt", "s0-e1.pt"]
+    other = {n: max(1, k - 1) for n, k in kept_channels(record, digits.space).items()}  # another student
+    reference, _ = _train(digits, record, settings, None, other)
+    again, reader = _train(digits, record, settings, cache, other)
+    assert reader.teacher.read == 10 and reader.teacher.computed == 0
+    assert _same(reference, again)
+    # a stale batch (another input's fingerprint) is computed again, and training is unchanged
+    path = next(cache.glob("*-s0-e1.pt"))
+    state = torch.load(path, weights_only=True)
+    state["fingerprints"][2, 0] += 1.0
+    torch.save(state, path)
+    again, reader = _train(digits, record, settings, cache, other)
+    assert (reader.teacher.read, reader.teacher.computed) == (9, 1) and _same(reference, again)
+    # another seed draws other batches: nothing is read
+    _, reader = _train(digits, record, FinetuneSettings(epochs=1, train_images=300, batch_size=64, distill=True,
+                                                        seed=1), cache)
+    assert reader.teacher.read == 0
 
 
 def test_distill_via_cli(cli, policy):

@@ -38,9 +38,12 @@ from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings, load_checkpoint, save_checkpoint
 from autoprune.io import atomic_write_text
 from autoprune.presets import EnvConfig
-from autoprune.zoo.images import ImageSet
+from autoprune.zoo.images import ImageSet, cache_dir
 
 CELL_FORMAT = 1
+TEACHER_CACHE = "teacher-logits"
+"""Folder under :func:`~autoprune.zoo.images.cache_dir` where distillation cells keep the teacher's logits of each
+(seed, epoch), computed by the first cell of a seed and read by the others (:mod:`autoprune.finetune.teacher`)."""
 PROXIES = ("proxy_acc", "proxy_acc_250", "agreement", "reconstruct_acc")
 """The proxies a fidelity cell measures before fine-tuning: BN-recalibrated accuracy on the proxy images and on
 their first 250 (racing's first stage), top-1 agreement with the dense network, and accuracy after least-squares
@@ -102,7 +105,8 @@ class CellRunner:
         network = exp.evaluator.pruner.prune(dict(spec.kept)).to(self.device)
         trainer = Finetuner(network, self.train, spec.settings,
                             augmentation_for(exp.config.dataset, exp.config.input_shape),
-                            copy.deepcopy(exp.model) if spec.settings.distill else None, self.device)
+                            copy.deepcopy(exp.model) if spec.settings.distill else None, self.device,
+                            teacher_cache=cache_dir() / TEACHER_CACHE)
         if checkpoint is not None and checkpoint.is_file():
             state = load_checkpoint(checkpoint)
             trainer.load_state_dict(state)
@@ -119,9 +123,12 @@ class CellRunner:
             record["dense_flops"] = exp.evaluator.cost.dense_flops
             record["before_report_acc"] = self.accuracy(network, self.report)
             record["epochs"] = []
+        read_before = record.get("teacher_batches_read", 0)
         while trainer.epoch < spec.settings.epochs:
             epoch = trainer.train_epoch()
             record["epochs"].append({**epoch, "report_acc": self.accuracy(network, self.report)})
+            if trainer.teacher is not None:  # batches whose teacher logits were read back instead of computed
+                record["teacher_batches_read"] = read_before + trainer.teacher.read
             if checkpoint is not None:
                 elapsed = record["seconds_before"] + time.perf_counter() - started
                 save_checkpoint(checkpoint, trainer.state_dict({**record, "seconds_before": elapsed}))

@@ -22,6 +22,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError, WeightsError
 from autoprune.finetune.augment import Augmentation
+from autoprune.finetune.teacher import Teacher, teacher_key
 from autoprune.io import atomic_write
 from autoprune.zoo.images import ImageSet
 
@@ -91,7 +92,10 @@ class Finetuner:
         settings: the fine-tuning settings (checked here).
         augmentation: applied to every training batch.
         teacher: the dense network, needed when ``settings.distill``; never trained.
-        device: where to train. Mixed precision (float16 autocast with a gradient scaler) is used
+        device: where to train.
+        teacher_cache: keep the teacher's logits of every epoch in this folder and read them back when another
+            network is trained with the same teacher, seed, images, batch size and augmentation
+            (:class:`~autoprune.finetune.teacher.Teacher`); None: always computed. Mixed precision (float16 autocast with a gradient scaler) is used
             only on CUDA; on the CPU an epoch runs in channels-last memory format (about 17% faster for a CIFAR
             ResNet-20 step on one thread), and the network is given back in the usual format.
     """
@@ -104,6 +108,7 @@ class Finetuner:
         augmentation: Augmentation,
         teacher: nn.Module | None = None,
         device: torch.device | str = "cpu",
+        teacher_cache: Path | None = None,
     ) -> None:
         settings.check()
         if settings.distill and teacher is None:
@@ -111,15 +116,22 @@ class Finetuner:
         self.device = torch.device(device)
         self.network = network.to(self.device)
         self.channels_last = self.device.type == "cpu"
-        self.teacher = teacher.to(self.device).eval() if settings.distill and teacher is not None else None
-        if self.teacher is not None and self.channels_last:
-            self.teacher.to(memory_format=torch.channels_last)  # the same network: only its weights' layout changes
+        self.amp = self.device.type == "cuda"
         self.settings = settings
         self.augmentation = augmentation
         if settings.train_images is not None and settings.train_images < len(train):
             pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
             train = train.subset(pick[: settings.train_images])
         self.train = train
+        self.teacher: Teacher | None = None
+        if settings.distill and teacher is not None:
+            teacher = teacher.to(self.device).eval()
+            if self.channels_last:
+                teacher.to(memory_format=torch.channels_last)  # the same network: only its weights' layout changes
+            setup = {"images": len(train), "train_images": settings.train_images, "batch_size": settings.batch_size,
+                     "augmentation": asdict(augmentation), "device": self.device.type}
+            key = teacher_key(teacher, setup) if teacher_cache is not None else ""
+            self.teacher = Teacher(teacher, teacher_cache, key)
         full, rest = divmod(len(train), settings.batch_size)
         self.steps_per_epoch = full + (rest > 1)
         decay, no_decay = [], []
@@ -132,7 +144,6 @@ class Finetuner:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, settings.epochs * self.steps_per_epoch)
         )
-        self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -150,6 +161,8 @@ class Finetuner:
         generator = self._generator(self.epoch)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         self.network.to(memory_format=layout).train()
+        if self.teacher is not None:
+            self.teacher.start_epoch(self.settings.seed, self.epoch)
         total_loss, correct, seen = 0.0, 0, 0
         for idx in self._batches(generator):
             x, y = self.train.batch(idx, self.device)
@@ -159,8 +172,7 @@ class Finetuner:
                 logits = self.network(x)
                 loss = F.cross_entropy(logits.float(), y)
                 if self.teacher is not None:
-                    with torch.no_grad():
-                        target = self.teacher(x)
+                    target = self.teacher(x)
                     w = self.settings.distill_weight
                     loss = (1 - w) * loss + w * distillation_loss(logits, target, self.settings.temperature)
             self.optimizer.zero_grad(set_to_none=True)
@@ -171,6 +183,8 @@ class Finetuner:
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
+        if self.teacher is not None:
+            self.teacher.end_epoch()
         self.network.to(memory_format=torch.contiguous_format).eval()
         self.epoch += 1
         record = {"epoch": self.epoch, "loss": total_loss / seen, "train_acc": correct / seen,

@@ -274,8 +274,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"distillation: T = {r.temperature}, weight {r.distill_weight} on the soft targets; BN recalibrated on the "
         f"proxy's calibration batches before fine-tuning",
         f"- total fine-tuning time: {sum(c['seconds'] for c in records) / 60:.1f} minutes over {len(records)} cells",
-        "",
     ]
+    kd = [c for c in records if c["settings"]["distill"]]
+    if kd:
+        reading = sum(1 for c in kd if c.get("teacher_batches_read", 0))
+        lines.append(f"- distillation cells: the dense teacher's logits of each (seed, epoch) are computed by the first "
+                     f"cell that trains that epoch and read back by the others of the seed (their batches are "
+                     f"identical; `autoprune/finetune/teacher.py`); {reading} of {len(kd)} cells read some back, "
+                     f"which makes them faster, not different")
+    lines += [""]
     lines += report_lines(records, methods, distill)
     plot = plot_curves(records, methods, distill, Path(args.out) / f"{name}-curves.png",
                        f"{config.model} {budget}: accuracy during fine-tuning")
