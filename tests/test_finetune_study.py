@@ -58,6 +58,11 @@ def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search
     assert records["random-ce-s0"]["kept"] != records["random-ce-s1"]["kept"]
     assert records["random-ce-s1"]["source"] == "random-e10-s1.json"
     assert records["uniform-ce-s0"]["flops"] < 0.6 * records["uniform-ce-s0"]["dense_flops"]
+    # the first distillation cell of a seed computes the teacher's logits (2 epochs x 2 batches), the others read them
+    for seed in (0, 1):
+        read = sorted(r["teacher_batches_read"] for n, r in records.items() if n.endswith(f"kd-s{seed}"))
+        assert read == [0, 4, 4, 4]
+    assert "teacher_batches_read" not in records["uniform-ce-s0"]
     report = (out / "digits-demo-finetune.md").read_text()
     assert "| uniform |" in report and "| dense |" in report and "| optuna-cmaes | " in report
     assert "**Answer (with cross-entropy):** the best searched policy after fine-tuning, optuna-cmaes," in report
@@ -75,6 +80,8 @@ def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search
     assert after.keys() == before.keys() | {"random-kd-s1.json"}
     assert all(after[n] == before[n] for n in before)  # finished cells were not run again
     assert json.loads(after["random-kd-s1.json"])["report_acc"] > 0
+    assert json.loads(after["random-kd-s1.json"])["teacher_batches_read"] == 4
+    assert "6 of 8 cells read some back" in (out / "digits-demo-finetune.md").read_text()
 
     capsys.readouterr()
     assert finetune.main([*argv, "--lr", "0.05"]) == 2
