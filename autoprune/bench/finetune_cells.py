@@ -253,6 +253,23 @@ def _work(config: EnvConfig, specs: Sequence[CellSpec], folder: Path, device: st
                       f"epochs, {record['seconds']:.0f} s", flush=True)
 
 
+def only_cells(specs: Sequence[CellSpec], only: str | None) -> list[CellSpec]:
+    """The cells ``only`` names (comma-separated cell names), in that order; every cell when ``only`` is None.
+
+    Raises:
+        ConfigError: naming a cell the study does not have.
+    """
+    if only is None:
+        return list(specs)
+    by_name = {s.name: s for s in specs}
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        raise ConfigError(f"--only: no cell named {', '.join(unknown) or repr(only)} in this study; its cells are "
+                          f"{', '.join(sorted(by_name)[:6])}{', ...' if len(by_name) > 6 else ''}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
 def add_study_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     """The options every fine-tuning study takes: the recipe, where it runs, and its output."""
     parser.add_argument("--epochs", type=int, default=epochs, help=f"fine-tuning epochs (default {epochs})")
@@ -263,6 +280,8 @@ def add_study_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning processes (default 1)")
     parser.add_argument("--stop-after", type=float, help="claim no new cell after this many seconds")
+    parser.add_argument("--only", metavar="CELLS", help="run only these cells, in this order (comma-separated names "
+                        "as in the cell folder, e.g. uniform-kd-s0,sac-kd-s0); the report still reads every finished cell")
     parser.add_argument("--out", default="results/benchmarks", help="folder of the report")
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
     parser.add_argument("--quiet", action="store_true")

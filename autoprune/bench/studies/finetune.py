@@ -30,7 +30,15 @@ from typing import Any
 
 from scipy import stats
 
-from autoprune.bench.finetune_cells import CellSpec, add_study_arguments, finished, run_cells, run_study, study_recipe
+from autoprune.bench.finetune_cells import (
+    CellSpec,
+    add_study_arguments,
+    finished,
+    only_cells,
+    run_cells,
+    run_study,
+    study_recipe,
+)
 from autoprune.bench.machine import machine_header, write_markdown
 from autoprune.bench.settings import parse_method, parse_methods
 from autoprune.bench.stats import mean_std
@@ -252,7 +260,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     dense_kept = json.loads(next(iter(sources.values())).read_text())["channels"]
     specs = study_cells(sources, dense_kept, recipe, seeds, distill)
     if not args.report_only:
-        run_cells(config, specs, cells, args.device, args.jobs, args.stop_after, not args.quiet, "fine-tuning study")
+        run_cells(config, only_cells(specs, args.only), cells, args.device, args.jobs, args.stop_after, not args.quiet,
+                  "fine-tuning study")
     records = finished(cells, specs)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not records:

@@ -35,6 +35,7 @@ from autoprune.bench.finetune_cells import (
     CellSpec,
     add_study_arguments,
     finished,
+    only_cells,
     run_cells,
     run_study,
     study_recipe,
@@ -177,7 +178,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
                            "policies": args.policies, "recipe": asdict(recipe)})
     specs = fidelity_cells(pick_policies(pd.read_csv(trials_csv), args.policies), recipe, args.seeds)
     if not args.report_only:
-        run_cells(config, specs, cells, args.device, args.jobs, args.stop_after, not args.quiet, "proxy-fidelity study")
+        run_cells(config, only_cells(specs, args.only), cells, args.device, args.jobs, args.stop_after, not args.quiet,
+                  "proxy-fidelity study")
     cell_records = finished(cells, specs)
     records = merge_seeds(cell_records)
     Path(args.out).mkdir(parents=True, exist_ok=True)
