@@ -138,18 +138,22 @@ def report_lines(records: list[dict[str, Any]], methods: list[str], distill: lis
 
     lines = ["## Accuracy on the report split (5,000 test images the searches never saw), mean ± std over seeds", "",
              "| method | FLOPs | before fine-tuning | " + " | ".join(
-                 f"after, {'distillation' if kd else 'cross-entropy'}" for kd in distill) + " | seeds | minutes per cell |",
+                 f"after, {'distillation' if kd else 'cross-entropy'}" for kd in distill) + " | seeds"
+             + (" (" + " / ".join("distillation" if kd else "cross-entropy" for kd in distill) + ")" if len(distill) > 1
+                else "") + " | minutes per cell |",
              "|---|---:|---:|" + "---:|" * len(distill) + "---:|---:|"]
     for method in [CONTROL, *methods]:
         rows = [r for r in records if r["method"] == method]
         if not rows:
             continue
         flops = rows[0]["flops"] / rows[0]["dense_flops"]
-        before = [r["before_report_acc"] for r in rows if r["distill"] == distill[0]]
+        first = [r for r in rows if r["distill"] == distill[0]] or rows  # before: the same network for either loss
+        before = [r["before_report_acc"] for r in first]
         after = [mean_std(values(method, kd, "report_acc")) for kd in distill]
+        seeds = " / ".join(str(len(values(method, kd, "report_acc"))) for kd in distill)
         minutes = statistics.mean(r["seconds"] for r in rows) / 60
         lines.append(f"| {method} | {flops:.3f} | {mean_std(before)} | " + " | ".join(after) +
-                     f" | {len(before)} | {minutes:.1f} |")
+                     f" | {seeds} | {minutes:.1f} |")
     lines += ["", f"The {CONTROL} row is the control: the unpruned network given the same fine-tuning; its gain is "
               "what extra training on this data gives without pruning.", ""]
     lines += ["## Gaps after fine-tuning (points; Welch's t-test over seeds)", ""]
