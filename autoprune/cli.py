@@ -34,6 +34,8 @@ from autoprune.core.rebuild import check_fits, kept_channels, policy_file
 from autoprune.errors import AutopruneError, ConfigError, PolicyError
 from autoprune.experiment import DataOptions, Experiment, build_experiment, configure
 from autoprune.presets import DEFAULT_ENV, EnvConfig, env_names, space_names
+from autoprune.run.confirm import DEFAULT_CANDIDATES as CONFIRM_CANDIDATES
+from autoprune.run.confirm import DEFAULT_IMAGES as CONFIRM_IMAGES
 from autoprune.run.interrupt import StopRequested
 from autoprune.search import SAMPLERS, SEARCHERS, get_searcher, methods_accepting, methods_where
 from autoprune.zoo.models import zoo_names
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--racing", help="score candidates in stages and stop those that cannot beat the best so far: on "
                    "(default: a quarter, half, all of the proxy images), off, or image counts such as 250,500 "
                    f"({', '.join(methods_where('races'))})")
+    s.add_argument("--confirm", type=int, default=CONFIRM_CANDIDATES, metavar="K",
+                   help=f"final choice: score the best K candidates again on proxy-split images the search never saw "
+                   f"and keep the best there (default {CONFIRM_CANDIDATES}; 0: the best proxy accuracy)")
+    s.add_argument("--confirm-images", type=int, default=CONFIRM_IMAGES, metavar="N",
+                   help=f"most unseen images for --confirm (default {CONFIRM_IMAGES})")
     s.add_argument("--objectives", default="acc", help="acc (default), or acc,flops / acc,latency / acc,params for a Pareto front")
     s.add_argument("--storage", help="Optuna storage URL shared by workers: sqlite:///f.db, postgresql://..., mysql://..., "
                    "or a journal file (f.log); default: study.db in the run directory")
@@ -279,7 +286,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers, latency=args.latency, device=_device(args.device), threads=args.threads,
         data_dir=args.data_dir, download=args.download, trust_checkpoint=args.trust_checkpoint,
         method_options=_method_options(args), latency_model=args.latency_model,
-        **({"racing": args.racing} if args.racing else {}),
+        **({"racing": args.racing} if args.racing else {}), confirm=args.confirm, confirm_images=args.confirm_images,
     )
     run_dir = run_search(settings, args.out, progress=not args.quiet)
     record = PolicyRecord.load(run_dir / "policy.json")
@@ -395,6 +402,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--racing", default="on", help="racing methods race their candidates (on, default: a quarter, half, "
                    "all of the proxy images; or image counts such as 250,1000) or score every candidate on every image "
                    "(off; one method: <spec>@full, e.g. random@full)")
+    b.add_argument("--confirm", type=int, default=CONFIRM_CANDIDATES, metavar="K",
+                   help=f"each cell's final choice among its best K candidates on unseen proxy-split images (default "
+                   f"{CONFIRM_CANDIDATES}; 0: the best proxy accuracy, as cells made before it)")
     b.add_argument("--name", help="report name (default: the env's name)")
     b.add_argument("--out", default="results/benchmarks", help="folder of the report and its cells "
                    "(default results/benchmarks)")
@@ -421,7 +431,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         env=_config(args).to_dict(), budgets=parse_budgets(args.budgets),
         methods=parse_methods(args.methods), **sizes,
         latency=not args.no_latency, device=_device(args.device), threads=args.threads, data_dir=args.data_dir,
-        name=args.name, out=args.out, racing=args.racing,
+        name=args.name, out=args.out, racing=args.racing, confirm=args.confirm,
     )
     command = ["autoprune", *(a for a in args.argv if a not in ("--report-only", "--quiet"))]  # the one that runs the cells
     files, finished = benchmark(settings, report_only=args.report_only, progress=not args.quiet, command=command,

@@ -60,6 +60,9 @@ class Experiment:
     space: SearchSpace
     evaluator: Evaluator
     options: DataOptions = field(default_factory=DataOptions)
+    unseen: ImageSet | None = None
+    """The proxy split's images after the proxy's own (None or empty: the proxy uses all of them); the search never
+    scores them, so the final choice among its best candidates can (:mod:`autoprune.run.confirm`)."""
 
     @classmethod
     def from_config(
@@ -83,12 +86,13 @@ class Experiment:
             split = split.subset(torch.arange(min(report_images, len(split))))
         return split
 
-    def accuracy(self, network: nn.Module, split: str = "report", recalibrate: bool = True) -> float:
-        """Top-1 accuracy of ``network`` on a split, after BN recalibration on the Evaluator's batches."""
+    def accuracy(self, network: nn.Module, split: str | ImageSet = "report", recalibrate: bool = True) -> float:
+        """Top-1 accuracy of ``network`` on a split (by role or name, or the images themselves), after BN
+        recalibration on the Evaluator's batches."""
         network = network.to(self.evaluator.proxy.device)
         if recalibrate:
             recalibrate_batchnorm(network, self.evaluator.proxy.calibration)
-        data = self.split(split)
+        data = split if isinstance(split, ImageSet) else self.split(split)
         images, labels = data.batch(slice(None), self.evaluator.proxy.device)
         return (predict(network, images, self.evaluator.proxy.batch_size) == labels).float().mean().item()
 
@@ -145,7 +149,9 @@ def build_experiment(
     n_images = proxy_settings.pop("images", None)
     recover = proxy_settings.pop("recover", None) or "bn"
     proxy_settings.pop("report_images", None)  # the report split's size (see Experiment.split)
+    unseen = None
     if n_images is not None:
+        unseen = proxy_split.subset(torch.arange(min(n_images, len(proxy_split)), len(proxy_split)))
         proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
     calibration = _split(config, "calibration", data)
     proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
@@ -160,7 +166,7 @@ def build_experiment(
         table = latency_table_for(model, example_inputs, space, latency, pruner.prune)
     evaluator = Evaluator(model, example_inputs, space, proxy, criterion, latency, pruner=pruner, recovery=recovery,
                           latency_table=table, racing=Racing.parse(racing, len(proxy)))
-    return Experiment(config, model, source, example_inputs, space, evaluator, data)
+    return Experiment(config, model, source, example_inputs, space, evaluator, data, unseen)
 
 
 def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] | None = None) -> EnvConfig:

@@ -42,6 +42,7 @@ from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings
 from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.presets import calibration_image_count
+from autoprune.run.confirm import confirm
 from autoprune.run.search import SearchSettings, search_in_process
 from autoprune.search import get_searcher
 from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
@@ -62,12 +63,15 @@ def check_identity(settings: BenchSettings) -> None:
         return
     saved, now = json.loads(path.read_text()), json.loads(json.dumps(settings.identity()))
     saved.setdefault("racing", "off")  # cells made before racing scored every candidate on every image
+    saved.setdefault("confirm", 0)  # and kept the best proxy accuracy
     if saved != now:
         differences = _differences(saved, now)
         changed = ", ".join(f"{key} {old!r}, now {new!r}" for key, old, new in differences)
         hint = ""
         if any(key.startswith("env.proxy.calibration") for key, _, _ in differences):
             hint = f" (--calibration-images {calibration_image_count(saved['env'].get('proxy', {}))} for these cells)"
+        elif any(key == "confirm" for key, _, _ in differences):
+            hint = f" (--confirm {saved['confirm']} for these cells)"
         raise ConfigError(f"{settings.cell_dir} holds cells made with other settings ({changed}); rerun with the "
                           f"same options{hint} to resume, or pass another --name or --out")
 
@@ -269,9 +273,11 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     search_in_process(searcher, exp, progress, leave=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     result = searcher.result
-    best = result.best
-    if best is None:
+    if result.best is None:
         raise ConfigError(f"{spec} found no policy within {budget} in {plural(settings.evals, 'evaluation')}")
+    ranked = _ranked(result.candidates, exp)
+    confirmation = confirm(exp, [c.kept for c in ranked], search.confirm, search.confirm_images)
+    best = ranked[confirmation.chosen] if confirmation is not None else result.best
     network = exp.evaluator.build(best.policy)
     cell: dict[str, Any] = {
         "format": CELL_FORMAT, "method": spec, "seed": seed, "budget": search.budget, "evals": result.evaluations,
@@ -284,6 +290,7 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
         "curve_cpu_seconds": [round(finished_at.get(c.index, (0, cpu_seconds))[1], 3) for c in result.candidates],
         "racing": list(exp.evaluator.racing.stages) if searcher.racing else None,  # type: ignore[union-attr]
         "stopped": sum(c.stopped for c in result.candidates),
+        "confirmation": confirmation.record() if confirmation is not None else None,
         "images_scored": sum(c.fidelity or 0 for c in result.candidates if not c.cached),
         "machine": machine_description(), "versions": library_versions(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -293,6 +300,19 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     if settings.finetune_epochs:
         cell.update(finetune(exp, network, settings, seed))
     return cell
+
+
+def _ranked(candidates: list[Any], exp: Experiment) -> list[Any]:
+    """A search's candidates scored on every image within the budget, one per layout, best proxy accuracy first
+    (ties: the earlier, as the search's own best)."""
+    seen: set[tuple[int, ...]] = set()
+    ranked = []
+    for c in sorted((c for c in candidates if c.ok and c.meta.get("within_budget", False)), key=lambda c: -c.proxy_acc):
+        key = exp.evaluator.key(c.kept)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(c)
+    return ranked
 
 
 def best_so_far(candidates: list[Any]) -> list[float | None]:

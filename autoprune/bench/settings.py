@@ -11,6 +11,7 @@ from autoprune.core.budget import Budget
 from autoprune.core.metrics import get_metric
 from autoprune.core.racing import Racing
 from autoprune.errors import ConfigError
+from autoprune.run.confirm import DEFAULT_CANDIDATES
 from autoprune.run.search import SearchSettings
 from autoprune.search import SEARCHERS, get_searcher, methods_accepting, methods_where
 from autoprune.search.sensitivity import PRIORS
@@ -127,6 +128,8 @@ class BenchSettings:
         finetune_images: train on a fixed subset of this many calibration images (None: all).
         racing: ``on`` (racing methods race on the default stages, unless their spec ends in ``@full``), image counts
             such as ``250,1000`` (they race on those stages) or ``off`` (no cell races).
+        confirm: each cell's final choice among its best ``confirm`` candidates, scored again on unseen proxy-split
+            images (0: the best proxy accuracy, as cells made before it; see :mod:`autoprune.run.confirm`).
         latency: time each best policy (and the dense network) on the device.
         device: where to evaluate, fine-tune and time.
         threads: CPU threads while timing.
@@ -149,6 +152,7 @@ class BenchSettings:
     name: str | None = None
     out: str = "results/benchmarks"
     racing: str = "on"
+    confirm: int = DEFAULT_CANDIDATES
 
     def check(self) -> None:
         """Raise :class:`ConfigError` or :class:`BudgetError` for settings that cannot run."""
@@ -192,7 +196,7 @@ class BenchSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings finished cells depend on (a rerun with other values must not reuse them)."""
-        keep = ("env", "finetune_epochs", "finetune_images", "latency", "device", "threads", "racing")
+        keep = ("env", "finetune_epochs", "finetune_images", "latency", "device", "threads", "racing", "confirm")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
     def cells(self) -> list[tuple[int, str, str]]:
@@ -222,7 +226,7 @@ class BenchSettings:
             target[cls.variant_option] = variant
         return SearchSettings(env=self.env, budget=str(Budget.parse(budget)), method=method, evals=self.evals,
                               seed=seed, device=self.device, threads=self.threads, data_dir=self.data_dir,
-                              method_options=options, **fields)
+                              method_options=options, confirm=self.confirm, **fields)
 
 
 def parse_budgets(text: str) -> tuple[str, ...]:

@@ -103,6 +103,14 @@ def read_run_config(run_dir: str | Path, flag: str = "") -> dict[str, Any]:
     return doc
 
 
+def _confirmation_lines(confirmation: Mapping[str, Any] | None) -> list[str]:
+    if not confirmation:
+        return ["- final choice: the best proxy accuracy"]
+    return [f"- final choice: the best {confirmation['candidates']} candidates by proxy accuracy scored again on "
+            f"{confirmation['images']} unseen proxy-split images; kept the one ranked {confirmation['proxy_rank']} "
+            f"by proxy accuracy, {100 * confirmation['accuracy']:.2f}% on those images"]
+
+
 def write_summary(
     run_dir: Path,
     record: PolicyRecord,
@@ -122,6 +130,7 @@ def write_summary(
         f"{record.found_by.get('seconds', 0):.1f} s"),
         (f"- evaluator: {search['evals_per_min']:.1f} evaluations/min of evaluator time, "
         f"{100 * search['overhead_fraction']:.1f}% of it outside the proxy's forward passes"),
+        *_confirmation_lines(record.found_by.get("confirmation")),
         "",
         "| | dense | pruned | pruned / dense |",
         "|---|---:|---:|---:|",

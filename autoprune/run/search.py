@@ -40,6 +40,7 @@ from autoprune.errors import AutopruneError, ConfigError
 from autoprune.experiment import DataOptions, Experiment, build_experiment
 from autoprune.io import check_output_dir, prepare_output_dir
 from autoprune.presets import EnvConfig
+from autoprune.run.confirm import DEFAULT_CANDIDATES, DEFAULT_IMAGES, confirm
 from autoprune.run.directory import (
     CONFIG_FILE,
     hold_run_dir,
@@ -96,6 +97,8 @@ class SearchSettings:
     method_options: dict[str, Any] = field(default_factory=dict)
     latency_model: str | None = None  # lut or measure; default: lut for netadapt and sensitivity, measure otherwise
     racing: str = "on"  # on, off, or ascending proxy-image counts (250,500); applies to the methods that race
+    confirm: int = DEFAULT_CANDIDATES  # top candidates scored again on unseen proxy-split images (0: best proxy acc)
+    confirm_images: int = DEFAULT_IMAGES  # most unseen images they are scored on
 
     @property
     def env_config(self) -> EnvConfig:
@@ -119,6 +122,8 @@ class SearchSettings:
         if self.workers > 1 and not cls.parallel:
             raise ConfigError(f"--method {self.method} runs in one process, not on --workers {self.workers}; "
                               f"methods that run on several workers: {', '.join(methods_where('parallel'))}")
+        if self.confirm < 0 or self.confirm_images < 0:
+            raise ConfigError(f"--confirm and --confirm-images must be >= 0, got {self.confirm} and {self.confirm_images}")
         budget = Budget.parse(self.budget)
         latency = LatencySettings(device=self.device, threads=self.threads) if self.latency or get_metric(budget.metric).measured else None
         options = DataOptions(self.data_dir, None, self.download, self.trust_checkpoint)
@@ -487,7 +492,11 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.
     if feasible.empty:
         raise ConfigError(f"no recorded candidate meets budget {budget} ({plural(len(trials), 'candidate')}); "
                           f"choose a looser budget or search again")
-    best_row = feasible["proxy_acc"].idxmax()
+    ranked = feasible.sort_values("proxy_acc", ascending=False, kind="stable")
+    ranked = ranked.drop_duplicates([f"kept:{n}" for n in exp.space.names])
+    layouts = [{n: int(row[f"kept:{n}"]) for n in exp.space.names} for _, row in ranked.head(settings.confirm).iterrows()]
+    confirmation = confirm(exp, layouts, settings.confirm, settings.confirm_images)
+    best_row = ranked.index[confirmation.chosen if confirmation is not None else 0]
     best = feasible.loc[best_row]
     status(f"scoring the best policy and the dense network on the {settings.env_config.splits['report']} split, "
            f"writing {run_dir}")
@@ -519,7 +528,8 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.
         model=config.model, input_shape=list(x.shape), criterion=config.criterion,
         round_to={u.name: u.round_to for u in exp.space.units}, budget=str(budget), metrics=metrics,
         found_by={"method": str(best["method"]), "seed": settings.seed, "evaluations": len(trials),
-                  "seconds": round(seconds, 3), "sampler": searcher_options.get("sampler")},
+                  "seconds": round(seconds, 3), "sampler": searcher_options.get("sampler"),
+                  "confirmation": confirmation.record() if confirmation is not None else None},
         env=config.name, weights=exp.weights_source, search_space=config.search_space,
     )
     prepare_output_dir(run_dir, new=False)
