@@ -149,10 +149,9 @@ def build_experiment(
     n_images = proxy_settings.pop("images", None)
     recover = proxy_settings.pop("recover", None) or "bn"
     proxy_settings.pop("report_images", None)  # the report split's size (see Experiment.split)
-    unseen = None
-    if n_images is not None:
-        unseen = proxy_split.subset(torch.arange(min(n_images, len(proxy_split)), len(proxy_split)))
-        proxy_split = proxy_split.subset(torch.arange(min(n_images, len(proxy_split))))
+    used = len(proxy_split) if n_images is None else min(n_images, len(proxy_split))
+    unseen = proxy_split.subset(torch.arange(used, len(proxy_split)))
+    proxy_split = proxy_split.subset(torch.arange(used))
     calibration = _split(config, "calibration", data)
     proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
     criterion = config.criterion
