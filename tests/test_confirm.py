@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from autoprune.cli import main
 from autoprune.core.policy import PolicyRecord
+from autoprune.core.proxy import Proxy, predict
 from autoprune.experiment import build_experiment
 from autoprune.run.confirm import Confirmation
 
@@ -58,7 +60,7 @@ def test_final_choice_is_the_top_candidate_most_accurate_on_the_unseen_images(ru
     assert confirmation["candidates"] == len(top) >= 2 and confirmation["images"] == 239
     kept = [{n: int(row[f"kept:{n}"]) for n in names} for _, row in top.iterrows()]
     accuracies = [exp.accuracy(exp.evaluator.build(exp.space.policy_from_kept(k)), exp.unseen) for k in kept]
-    assert confirmation["accuracies"] == pytest.approx(accuracies, abs=1e-6)  # scored independently here
+    assert confirmation["accuracies"] == pytest.approx(accuracies, abs=1.5 / 239)  # independently (plain forward)
     chosen = confirmation["proxy_rank"] - 1
     assert accuracies[chosen] == max(accuracies) and accuracies.index(max(accuracies)) == chosen
     assert {n: c["kept"] for n, c in record.channels.items()} == kept[chosen]
@@ -96,3 +98,14 @@ def test_bench_cells_made_before_the_final_choice_name_the_option_that_resumes_t
     code, _, err = cli("bench", "--quick", "--methods", "uniform,random", "--budgets", "0.5", "--no-latency", "--quiet",
                        "--proxy-images", str(PROXY_IMAGES), "--out", str(old), "--report-only")
     assert code == 2 and len(err.splitlines()) == 1 and "(--confirm 0 for these cells)" in err
+
+
+def test_a_label_free_proxy_scores_the_unseen_images_by_agreement_with_the_dense_network():
+    exp = build_experiment("digits-demo", {"proxy_images": PROXY_IMAGES})
+    agreement = Proxy(exp.split("calibration"), exp.split("proxy"), kind="agreement", calibration_batches=2)
+    unseen = agreement.on(exp.unseen)
+    unseen.use_reference(copy.deepcopy(exp.model))
+    assert len(unseen) == 239 and unseen.kind == "agreement" and len(agreement) == 359  # the original is untouched
+    assert torch.equal(unseen.labels, exp.unseen.batch(slice(None), "cpu")[1])
+    assert torch.equal(unseen.targets, predict(copy.deepcopy(exp.model).eval(), unseen.images, 128))
+    assert unseen.score(copy.deepcopy(exp.model), recalibrate=False).accuracy == 1.0

@@ -10,6 +10,7 @@ early when it cannot beat the incumbent.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -139,6 +140,15 @@ class Proxy:
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.dim() == 4 else images
+
+    def on(self, held_out: ImageSet) -> Proxy:
+        """The same proxy (kind, recalibration batches, forward path) scoring other held-out images, in their order
+        (an ``agreement`` proxy needs :meth:`use_reference` again)."""
+        other = copy.copy(self)
+        images, other.labels = held_out.batch(slice(None), self.device)
+        other.images = self._layout(images)
+        other.targets = other.labels
+        return other
 
     def use_reference(self, dense: nn.Module) -> None:
         """For the ``agreement`` proxy: take the dense network's predictions as targets."""

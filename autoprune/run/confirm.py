@@ -10,6 +10,7 @@ same split and keeping the best there removes that bias for the price of a few e
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,8 @@ class Confirmation:
 def confirm(exp: Experiment, ranked: Sequence[Mapping[str, int]], candidates: int = DEFAULT_CANDIDATES,
             images: int = DEFAULT_IMAGES) -> Confirmation | None:
     """Score the first ``candidates`` layouts of ``ranked`` (distinct kept channels, best proxy accuracy first) on
-    up to ``images`` unseen proxy-split images, each pruned and BatchNorm-recalibrated as the proxy does.
+    up to ``images`` unseen proxy-split images, each pruned, recalibrated and scored as the proxy scores (accuracy, or
+    agreement with the dense network for a label-free proxy).
 
     Returns None (the final choice stays the best proxy accuracy) when ``candidates`` or ``images`` is 0, when fewer
     than two layouts are ranked, or when the proxy uses its whole split (no image is unseen).
@@ -62,7 +64,9 @@ def confirm(exp: Experiment, ranked: Sequence[Mapping[str, int]], candidates: in
     unseen = unseen.subset(torch.arange(min(images, len(unseen))))
     status(f"final choice: the best {plural(len(top), 'candidate')} scored again on {len(unseen)} unseen proxy-split "
            f"images")
+    proxy = exp.evaluator.proxy.on(unseen)  # scored as the proxy scores: its kind, batches and forward path
+    proxy.use_reference(copy.deepcopy(exp.model))
     recalibrate = exp.evaluator.recovery is None
-    accuracies = tuple(exp.accuracy(exp.evaluator.build(exp.space.policy_from_kept(kept)), unseen, recalibrate)
+    accuracies = tuple(proxy.score(exp.evaluator.build(exp.space.policy_from_kept(kept)), recalibrate).accuracy
                        for kept in top)
     return Confirmation(accuracies, len(unseen))
