@@ -267,8 +267,9 @@ def test_evolution_on_three_workers_records_the_search_one_worker_makes(cli, tmp
         recorded.append({t.user_attrs[TASK_ATTR]: (t.user_attrs["kept"], t.user_attrs["proxy_acc"]) for t in done})
         dropped = [t for t in trials if t.state == TrialState.FAIL and "was replaced by" in t.user_attrs.get("reason", "")]
         assert all(t.user_attrs[TASK_ATTR] not in recorded[-1] for t in dropped)
-        if workers > 1:  # (workers join after their setup, ~5 s; then some idle at each generation's end)
-            assert dropped or any(t.user_attrs.get("speculative") for t in done)
+        joined = {t.user_attrs.get("worker") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        if len(joined) > 1:  # workers join after their setup (~5 s idle; a loaded machine may finish before they do)
+            assert dropped or any(t.user_attrs.get("speculative") for t in done)  # then some idle at generations' ends
     assert recorded[0] == recorded[1]
 
 
