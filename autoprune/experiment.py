@@ -86,13 +86,12 @@ class Experiment:
             split = split.subset(torch.arange(min(report_images, len(split))))
         return split
 
-    def accuracy(self, network: nn.Module, split: str | ImageSet = "report", recalibrate: bool = True) -> float:
-        """Top-1 accuracy of ``network`` on a split (by role or name, or the images themselves), after BN
-        recalibration on the Evaluator's batches."""
+    def accuracy(self, network: nn.Module, split: str = "report", recalibrate: bool = True) -> float:
+        """Top-1 accuracy of ``network`` on a split, after BN recalibration on the Evaluator's batches."""
         network = network.to(self.evaluator.proxy.device)
         if recalibrate:
             recalibrate_batchnorm(network, self.evaluator.proxy.calibration)
-        data = split if isinstance(split, ImageSet) else self.split(split)
+        data = self.split(split)
         images, labels = data.batch(slice(None), self.evaluator.proxy.device)
         return (predict(network, images, self.evaluator.proxy.batch_size) == labels).float().mean().item()
 
@@ -151,7 +150,8 @@ def build_experiment(
     proxy_settings.pop("report_images", None)  # the report split's size (see Experiment.split)
     used = len(proxy_split) if n_images is None else min(n_images, len(proxy_split))
     unseen = proxy_split.subset(torch.arange(used, len(proxy_split)))
-    proxy_split = proxy_split.subset(torch.arange(used))
+    if used < len(proxy_split):
+        proxy_split = proxy_split.subset(torch.arange(used))
     calibration = _split(config, "calibration", data)
     proxy = Proxy(calibration, proxy_split, device=device, **proxy_settings)
     criterion = config.criterion

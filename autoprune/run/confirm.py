@@ -10,7 +10,6 @@ same split and keeping the best there removes that bias for the price of a few e
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +64,7 @@ def confirm(exp: Experiment, ranked: Sequence[Mapping[str, int]], candidates: in
     status(f"final choice: the best {plural(len(top), 'candidate')} scored again on {len(unseen)} unseen proxy-split "
            f"images")
     proxy = exp.evaluator.proxy.on(unseen)  # scored as the proxy scores: its kind, batches and forward path
-    proxy.use_reference(copy.deepcopy(exp.model))
+    proxy.use_reference(exp.model)  # as the Evaluator gives it the dense network
     recalibrate = exp.evaluator.recovery is None
     accuracies = tuple(proxy.score(exp.evaluator.build(exp.space.policy_from_kept(kept)), recalibrate).accuracy
                        for kept in top)
