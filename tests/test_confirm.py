@@ -15,7 +15,7 @@ from autoprune.cli import main
 from autoprune.core.policy import PolicyRecord
 from autoprune.core.proxy import Proxy, predict, recalibrate_batchnorm
 from autoprune.experiment import build_experiment
-from autoprune.run.confirm import Confirmation
+from autoprune.run.confirm import Confirmation, best_first
 
 PROXY_IMAGES = 120  # of the digits demo's 359 proxy-split images: 239 are left unseen
 
@@ -37,6 +37,13 @@ def test_chosen_is_the_most_accurate_on_unseen_images_ties_going_to_the_better_p
     assert Confirmation((0.8, 0.8), 100).chosen == 0
     assert Confirmation((0.5, 0.9), 100).record() == {"candidates": 2, "images": 100, "proxy_rank": 2,
                                                        "accuracy": 0.9, "accuracies": [0.5, 0.9]}
+
+
+def test_best_first_keeps_one_entry_per_layout_best_accuracy_first_earliest_on_ties():
+    scored = [("a", 0.5, {"u": 2, "v": 4}), ("b", 0.7, {"u": 1, "v": 4}), ("c", 0.7, {"v": 4, "u": 2}),
+              ("d", 0.6, {"u": 2, "v": 4}), ("e", 0.7, {"u": 1, "v": 4})]
+    ranked = best_first(scored, lambda s: s[1], lambda s: s[2])
+    assert [name for name, _, _ in ranked] == ["b", "c"]  # c's layout is a's and d's, keys in another order
 
 
 def test_unseen_images_are_the_proxy_splits_images_after_the_proxys_own():

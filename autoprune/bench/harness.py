@@ -42,7 +42,7 @@ from autoprune.finetune.augment import augmentation_for
 from autoprune.finetune.trainer import Finetuner, FinetuneSettings
 from autoprune.io import atomic_write_text, check_output_dir, prepare_output_dir
 from autoprune.presets import calibration_image_count
-from autoprune.run.confirm import confirm
+from autoprune.run.confirm import best_first, confirm
 from autoprune.run.search import SearchSettings, search_in_process
 from autoprune.search import get_searcher
 from autoprune.search.sensitivity_scan import DEFAULT_RATIOS, parse_ratios, scan
@@ -275,7 +275,8 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     result = searcher.result
     if result.best is None:
         raise ConfigError(f"{spec} found no policy within {budget} in {plural(settings.evals, 'evaluation')}")
-    ranked = _ranked(result.candidates, exp)
+    ranked = best_first((c for c in result.candidates if c.ok and c.meta.get("within_budget", False)),
+                        lambda c: c.proxy_acc, lambda c: c.kept)
     confirmation = confirm(exp, [c.kept for c in ranked], search.confirm, search.confirm_images)
     best = ranked[confirmation.chosen] if confirmation is not None else result.best
     network = exp.evaluator.build(best.policy)
@@ -300,19 +301,6 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     if settings.finetune_epochs:
         cell.update(finetune(exp, network, settings, seed))
     return cell
-
-
-def _ranked(candidates: list[Any], exp: Experiment) -> list[Any]:
-    """A search's candidates scored on every image within the budget, one per layout, best proxy accuracy first
-    (ties: the earlier, as the search's own best)."""
-    seen: set[tuple[int, ...]] = set()
-    ranked = []
-    for c in sorted((c for c in candidates if c.ok and c.meta.get("within_budget", False)), key=lambda c: -c.proxy_acc):
-        key = exp.evaluator.key(c.kept)
-        if key not in seen:
-            seen.add(key)
-            ranked.append(c)
-    return ranked
 
 
 def best_so_far(candidates: list[Any]) -> list[float | None]:

@@ -10,9 +10,9 @@ same split and keeping the best there removes that bias for the price of a few e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,6 +23,22 @@ DEFAULT_CANDIDATES = 10
 """Top candidates (distinct layouts, best proxy accuracy first) scored again for the final choice."""
 DEFAULT_IMAGES = 4000
 """Most unseen proxy-split images they are scored on (the CIFAR-10 presets leave 4,000 beside the proxy's 1,000)."""
+
+
+T = TypeVar("T")
+
+
+def best_first(scored: Iterable[T], accuracy: Callable[[T], float], layout: Callable[[T], Mapping[str, int]]) -> list[T]:
+    """One entry per layout (kept channels), best proxy accuracy first; ties and repeats keep the earliest, as a
+    search's own best does. The ranking the final choice takes its candidates from."""
+    seen: set[tuple[tuple[str, int], ...]] = set()
+    ranked = []
+    for item in sorted(scored, key=lambda item: -accuracy(item)):  # (sorted is stable)
+        key = tuple(sorted((name, int(k)) for name, k in layout(item).items()))
+        if key not in seen:
+            seen.add(key)
+            ranked.append(item)
+    return ranked
 
 
 @dataclass(frozen=True)

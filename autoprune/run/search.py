@@ -40,7 +40,7 @@ from autoprune.errors import AutopruneError, ConfigError
 from autoprune.experiment import DataOptions, Experiment, build_experiment
 from autoprune.io import check_output_dir, prepare_output_dir
 from autoprune.presets import EnvConfig
-from autoprune.run.confirm import DEFAULT_CANDIDATES, DEFAULT_IMAGES, confirm
+from autoprune.run.confirm import DEFAULT_CANDIDATES, DEFAULT_IMAGES, best_first, confirm
 from autoprune.run.directory import (
     CONFIG_FILE,
     hold_run_dir,
@@ -492,11 +492,11 @@ def finish(run_dir: Path, exp: Experiment, settings: SearchSettings, trials: pd.
     if feasible.empty:
         raise ConfigError(f"no recorded candidate meets budget {budget} ({plural(len(trials), 'candidate')}); "
                           f"choose a looser budget or search again")
-    ranked = feasible.sort_values("proxy_acc", ascending=False, kind="stable")
-    ranked = ranked.drop_duplicates([f"kept:{n}" for n in exp.space.names])
-    layouts = [{n: int(row[f"kept:{n}"]) for n in exp.space.names} for _, row in ranked.head(settings.confirm).iterrows()]
-    confirmation = confirm(exp, layouts, settings.confirm, settings.confirm_images)
-    best_row = ranked.index[confirmation.chosen if confirmation is not None else 0]
+    rows = [(index, float(row["proxy_acc"]), {n: int(row[f"kept:{n}"]) for n in exp.space.names})
+            for index, row in feasible.iterrows()]
+    ranked = best_first(rows, lambda row: row[1], lambda row: row[2])
+    confirmation = confirm(exp, [kept for _, _, kept in ranked], settings.confirm, settings.confirm_images)
+    best_row = ranked[confirmation.chosen if confirmation is not None else 0][0]
     best = feasible.loc[best_row]
     status(f"scoring the best policy and the dense network on the {settings.env_config.splits['report']} split, "
            f"writing {run_dir}")
