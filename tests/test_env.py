@@ -113,6 +113,31 @@ def test_a_repeated_layout_pays_the_repeat_penalty(digits, mode):
         ChannelPruningEnv(digits.evaluator, budget="0.5flops", repeat_penalty=-0.1)
 
 
+@pytest.mark.parametrize("mode", ["amc", "project"])
+def test_a_layout_scored_before_becomes_an_unscored_neighbour_within_the_budget(mode):
+    """With on_repeat="neighbour", an episode ending on a layout the Evaluator scored evaluates a new layout, one
+    move away, that meets the budget by an independent FLOPs count; with "again" it is answered from the cache."""
+    exp = Experiment.from_config(load_env("digits-demo"))  # its own Evaluator: nothing scored yet
+    env = ChannelPruningEnv(exp.evaluator, budget="0.5flops", action_mode=mode, on_repeat="neighbour", seed=0)
+    actions = [0.3, -0.2, 0.1, 0.0, 0.5]
+    _, _, first = _episode(env, actions)
+    assert not first["repeat"] and not first["neighbour"] and not first["candidate"].cached
+    layouts = [first["kept"]]
+    dense = fvcore_flops(exp.model, exp.example_inputs)
+    for _ in range(3):
+        _, reward, info = _episode(env, actions)
+        assert info["repeat"] and info["neighbour"] and not info["candidate"].cached
+        assert info["kept"] not in layouts and info["candidate"].meta["neighbour_of"] == first["kept"]
+        assert fvcore_flops(exp.evaluator.pruner.prune(info["kept"]), exp.example_inputs) <= 0.5 * dense
+        assert reward == pytest.approx(info["proxy_acc"])
+        layouts.append(info["kept"])
+    again = ChannelPruningEnv(exp.evaluator, budget="0.5flops", action_mode=mode, seed=0)
+    _, _, info = _episode(again, actions)
+    assert info["candidate"].cached and info["kept"] == first["kept"] and not info["neighbour"]
+    with pytest.raises(ConfigError, match="unknown on-repeat 'skip'; choose one of again, neighbour"):
+        ChannelPruningEnv(exp.evaluator, budget="0.5flops", on_repeat="skip")
+
+
 def test_reward_variants(digits):
     env = ChannelPruningEnv(digits.evaluator, budget="0.5flops", reward="acc-flops")
     _, reward, info = _episode(env, [0.0] * len(digits.space))

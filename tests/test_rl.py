@@ -123,6 +123,7 @@ def test_replay_buffer_centres_terminal_rewards():
     (["--method", "ppo", "--budget", "0.7latency"], "cannot take the latency budget 0.7latency"),
     (["--method", "sac", "--episodes", "5", "--warmup", "1", "--repeat-penalty", "-0.01"], "--repeat-penalty must be a finite number >= 0, got -0.01"),
     (["--method", "random", "--repeat-penalty", "0.01"], "--repeat-penalty applies to --method"),
+    (["--method", "sac", "--episodes", "5", "--warmup", "1", "--on-repeat", "skip"], "--on-repeat"),
     (["--resume", "no-such-run"], "'no-such-run' is not a search run directory"),
 ])
 def test_bad_rl_input_is_one_line(fails, args, message):

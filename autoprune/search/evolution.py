@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
+from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
 from autoprune.search.base import SearchOption
@@ -49,7 +50,6 @@ from autoprune.trials.study import TASK_ATTR, claim, done_tasks, drop, enqueue_t
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
-RETRIES = 20  # draws per child to find a layout that differs from the parent's
 
 
 def _positive(text: str) -> int:
@@ -236,38 +236,9 @@ class EvolutionSearcher(StudySearcher):
         return self.record(child.candidate if isinstance(child, _Recorded) else child.finish())
 
     def _mutate(self, parent: Mapping[str, int]) -> dict[str, int]:
-        """A child of ``parent``: channels taken from up to ``moves`` units, the freed budget given to others, the
-        rest filled; it meets the budget and differs from the parent (when the space allows)."""
-        options = {u.name: u.allowed_kept for u in self.space.units}
-        for _ in range(RETRIES):
-            position = {n: options[n].index(parent[n]) if parent[n] in options[n] else len(options[n]) - 1
-                        for n in self.space.names}
-            moves = int(min(self.rng.integers(1, self.moves + 1), self.rng.integers(1, self.moves + 1)))
-            for _ in range(moves):
-                shrinkable = [n for n in self.space.names if position[n] > 0]
-                if not shrinkable:
-                    break
-                unit = shrinkable[int(self.rng.integers(len(shrinkable)))]
-                drop = max(1, round(len(options[unit]) * float(self.rng.uniform(1 / 16, 3 / 16))))
-                position[unit] = max(0, position[unit] - drop)
-                growable = [n for n in self.space.names if n != unit and position[n] < len(options[n]) - 1]
-                if growable:
-                    self._grow(growable[int(self.rng.integers(len(growable)))], position, options)
-            names = list(self.space.names)
-            for i in self.rng.permutation(len(names)):  # spend what is left, one allowed step at a time
-                self._grow(names[int(i)], position, options)
-            kept = {n: options[n][position[n]] for n in self.space.names}
-            if kept != dict(parent) and self.cost(kept) <= self.limit:
-                return kept
-        return dict(parent)
-
-    def _grow(self, unit: str, position: dict[str, int], options: Mapping[str, tuple[int, ...]]) -> None:
-        """Give ``unit`` allowed steps while the budget holds."""
-        while position[unit] < len(options[unit]) - 1:
-            position[unit] += 1
-            if self.cost({n: options[n][position[n]] for n in position}) > self.limit:
-                position[unit] -= 1
-                return
+        """A child of ``parent`` (:func:`~autoprune.core.moves.move_channels`): it meets the budget and differs from
+        the parent (when the space allows)."""
+        return move_channels(parent, self.space, self.cost, self.limit, self.rng, self.moves)
 
     def _run_shared(self) -> None:
         """Evaluate the waiting children of the study, building each generation once the one before is recorded

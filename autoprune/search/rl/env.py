@@ -33,12 +33,13 @@ from gymnasium import spaces
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator
 from autoprune.core.metrics import get_metric
+from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
 from autoprune.core.projection import check_reachable, project
 from autoprune.core.space import SearchSpace, Unit
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.experiment import build_experiment
-from autoprune.search.rl.choices import ACTION_MODES
+from autoprune.search.rl.choices import ACTION_MODES, ON_REPEAT
 from autoprune.search.sensitivity_scan import SensitivityTable
 
 ENV_ID = "autoprune/ChannelPruning-v0"
@@ -89,6 +90,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         repeat_penalty: subtracted from the reward of an episode whose pruned layout an earlier episode of this
             environment made (``info["repeat"]``), so that an agent that settles keeps looking for new layouts;
             in reward units (``acc``: 0.01 is one point of accuracy). Default 0: no penalty.
+        on_repeat: ``again`` (default) or ``neighbour``: what an episode evaluates when its layout is one the
+            Evaluator already scored (:data:`~autoprune.search.rl.choices.ON_REPEAT`); the neighbour's moves draw
+            from ``seed``. ``info["neighbour"]`` says whether it did.
 
     Raises:
         ConfigError: for a missing or doubled network source, an unknown reward or action mode, a
@@ -113,6 +117,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         unit_features: UnitFeatures | None = None,
         seed: int | None = None,
         repeat_penalty: float = 0.0,
+        on_repeat: str = "again",
     ) -> None:
         if (evaluator is None) == (env is None):
             raise ConfigError("give the environment either an evaluator or an env preset name (env='digits-demo'), not "
@@ -123,6 +128,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             raise ConfigError(f"unknown action mode {action_mode!r}; choose one of {', '.join(ACTION_MODES)}")
         if not (math.isfinite(repeat_penalty) and repeat_penalty >= 0):
             raise ConfigError(f"the repeat penalty must be a finite number >= 0, got {repeat_penalty!r}")
+        if on_repeat not in ON_REPEAT:
+            raise ConfigError(f"unknown on-repeat {on_repeat!r}; choose one of {', '.join(ON_REPEAT)}")
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
         metric = get_metric(self.budget.metric)
         if metric.measured:
@@ -162,6 +169,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._plan: dict[str, float] | None = None
         self.repeat_penalty = float(repeat_penalty)
         self._made: set[Any] = set()  # the layouts of this environment's episodes (Evaluator keys)
+        self.on_repeat = on_repeat
+        self._moves = np.random.default_rng(None if seed is None else (seed, 1))  # (apart from the warm-up draws)
         if action_mode == "relative":
             self._relative_reference()
 
@@ -239,13 +248,19 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             return observation, 0.0, False, False, {"unit": unit.name, "wanted_ratio": wanted, "ratio": ratio,
                                                     "kept": self._kept[unit.name]}
         policy = self._final_policy()
-        candidate = self._evaluate(policy, {"sample": dict(self._wanted)})
-        key = self.evaluator.key(candidate.kept)
+        kept = self.space.kept(policy)
+        key = self.evaluator.key(kept)
         repeat = key in self._made
         self._made.add(key)
+        meta: dict[str, Any] = {"sample": dict(self._wanted)}
+        neighbour = self._neighbour(kept)
+        if neighbour is not None:
+            policy, meta["neighbour_of"] = self.space.policy_from_kept(neighbour), kept
+        candidate = self._evaluate(policy, meta)
+        self._made.add(self.evaluator.key(candidate.kept))
         info = {"policy": policy, "candidate": candidate, "status": candidate.status, "proxy_acc": candidate.proxy_acc,
                 "flops": candidate.flops, "params": candidate.params, "latency_ms": candidate.latency_ms,
-                "kept": dict(candidate.kept), "repeat": repeat}
+                "kept": dict(candidate.kept), "repeat": repeat, "neighbour": neighbour is not None}
         return observation, self.reward(candidate) - self.repeat_penalty * repeat, True, False, info
 
     def policy_for(self, actions: Sequence[float] | np.ndarray) -> Policy:
@@ -276,6 +291,14 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             return float(-(1.0 - accuracy) * math.log(max(candidate.flops, 1)))
         latency_us = 1e3 * candidate.latency_ms if candidate.latency_ms is not None else self._dense_latency_us
         return float(-(1.0 - accuracy) * math.log(max(latency_us, 1.0)))  # type: ignore[type-var]
+
+    def _neighbour(self, kept: Mapping[str, int]) -> dict[str, int] | None:
+        """With ``on_repeat="neighbour"``, for a layout the Evaluator already scored: one budget-keeping move away,
+        one it has not scored (None: evaluate ``kept`` itself, or no such move was found)."""
+        if self.on_repeat != "neighbour" or not self.evaluator.scored(kept) or self.cost(kept) > self.limit:
+            return None
+        moved = move_channels(kept, self.space, self.cost, self.limit, self._moves, moves=1, avoid=self.evaluator.scored)
+        return None if moved == dict(kept) else moved
 
     def _evaluate_alone(self, policy: Policy, meta: Mapping[str, Any]) -> Candidate:
         within = self.cost(self.space.kept(policy)) <= self.limit

@@ -25,7 +25,7 @@ from autoprune.core.metrics import get_metric
 from autoprune.core.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.search.base import Searcher, SearchOption
-from autoprune.search.rl.choices import ACTION_MODES, REWARD_NORMS, STATES, WARMUP_DRAWS
+from autoprune.search.rl.choices import ACTION_MODES, ON_REPEAT, REWARD_NORMS, STATES, WARMUP_DRAWS
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, narrowed_space
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ _RUN_OPTIONS = (
                  choices=("acc", "acc-flops", "acc-latency")),
     SearchOption("repeat_penalty", "subtracted from the reward of an episode that repeats a policy this search "
                  "already made (default 0; with --reward acc, 0.01 is one point of accuracy)", float, metavar="P"),
+    SearchOption("on_repeat", "an episode whose layout the search already scored evaluates it again (again, default) "
+                 "or a neighbour one budget-keeping move away that it has not scored (neighbour)", choices=ON_REPEAT),
     SearchOption("tensorboard", "write stable-baselines3's TensorBoard logs to DIR", metavar="DIR"),
     SearchOption("save_every", "save the agent in the run directory every N episodes (default 10)", int, metavar="N"),
     PRIOR_OPTION,
@@ -137,6 +139,7 @@ class RLSearcher(Searcher):
             (the warm-up then defaults to 0 episodes).
         reward: ``acc``, ``acc-flops`` or ``acc-latency`` (see :class:`~autoprune.search.rl.env.ChannelPruningEnv`).
         repeat_penalty: subtracted from the reward of an episode repeating an earlier episode's layout (default 0).
+        on_repeat: ``again`` or ``neighbour`` (see :data:`~autoprune.search.rl.choices.ON_REPEAT`).
         tensorboard: folder for stable-baselines3's TensorBoard logs.
         run_dir: where the agent is saved; a search that finds earlier episodes recorded in its
             ``trials.csv`` continues from the agent saved there (see :meth:`continue_run`).
@@ -198,6 +201,7 @@ class RLSearcher(Searcher):
         warm_start: str | Path | None = None,
         reward: str = "acc",
         repeat_penalty: float = 0.0,
+        on_repeat: str = "again",
         tensorboard: str | Path | None = None,
         run_dir: str | Path | None = None,
         save_every: int = 10,
@@ -218,7 +222,8 @@ class RLSearcher(Searcher):
             given["warmup"] = 0  # the earlier run's candidates stand in for the warm-up
         self.settings = {k: self.defaults[k] if given[k] is None else given[k] for k in self.agent_settings}
         _check_settings(self.settings, save_every)
-        for name, value, allowed in (("--action-mode", action_mode, ACTION_MODES), ("--state", state, STATES)):
+        for name, value, allowed in (("--action-mode", action_mode, ACTION_MODES), ("--state", state, STATES),
+                                     ("--on-repeat", on_repeat, ON_REPEAT)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         self.action_mode, self.state = action_mode, state
@@ -236,6 +241,7 @@ class RLSearcher(Searcher):
             raise ConfigError(f"--repeat-penalty must be a finite number >= 0, got {repeat_penalty!r}")
         self.reward = reward
         self.repeat_penalty = repeat_penalty
+        self.on_repeat = on_repeat
         self.tensorboard = None if tensorboard is None else str(tensorboard)
         self.save_every = save_every
         self.run_dir: Path | None = None
@@ -279,7 +285,7 @@ class RLSearcher(Searcher):
 
         env = ChannelPruningEnv(self.evaluator, budget=self.budget, reward=self.reward, evaluate=self.evaluate,
                                 space=space, action_mode=self.action_mode, unit_features=unit_features, seed=seed,
-                                repeat_penalty=self.repeat_penalty)
+                                repeat_penalty=self.repeat_penalty, on_repeat=self.on_repeat)
         assert env.limit == self.limit
         return env
 
