@@ -282,7 +282,9 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     network = exp.evaluator.build(best.policy)
     cell: dict[str, Any] = {
         "format": CELL_FORMAT, "method": spec, "seed": seed, "budget": search.budget, "evals": result.evaluations,
-        "distinct": sum(not c.cached for c in result.candidates), "seconds": seconds, "proxy_acc": best.proxy_acc, "report_acc": exp.accuracy(network, "report"),
+        "distinct": sum(not c.cached for c in result.candidates),
+        "neighbours": sum("neighbour_of" in c.meta for c in result.candidates),  # rl --on-repeat neighbour's
+        "seconds": seconds, "proxy_acc": best.proxy_acc, "report_acc": exp.accuracy(network, "report"),
         "flops": best.flops, "dense_flops": exp.evaluator.cost.dense_flops, "params": best.params,
         "dense_params": count_params(exp.model), "kept": dict(best.kept),
         "channels": {u.name: u.channels for u in exp.space.units}, "curve": best_so_far(result.candidates),
