@@ -53,6 +53,7 @@ def test_quick_runs_every_method_at_every_budget(quick):
         assert 0.0 <= c["proxy_acc"] <= 1.0 and 0.0 <= c["report_acc"] <= 1.0 and 0.0 <= c["finetuned_acc"] <= 1.0
         assert c["latency_ms"] > 0 and c["seconds"] > 0
         assert 1 <= c["distinct"] <= c["evals"] <= 6 and len(c["curve"]) == c["evals"]
+        assert c["neighbours"] == 0  # (no agent moves a repeat unless --on-repeat neighbour)
         assert set(c["kept"]) == set(c["channels"]) and all(0 < c["kept"][u] <= c["channels"][u] for u in c["kept"])
 
 

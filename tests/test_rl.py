@@ -43,6 +43,7 @@ def test_short_ddpg_search_trains_as_amc_does(digits):
     assert [m.out_features for m in agent.actor.mu if isinstance(m, torch.nn.Linear)] == [300, 300, 1]
     assert agent.replay_buffer.baseline is not None  # rewards were centred while training
     assert searcher.env.action_mode == "amc" and agent.warmup_env is None and agent.action_noise.floor == 0
+    assert searcher.env.on_repeat == "again"  # AMC evaluates a repeated layout again (from the cache)
     # the noise is off during the warm-up, then 0.5 decaying by 0.95 per episode
     assert agent.action_noise.steps == 8 * steps  # drawn once per step
     agent.action_noise.steps = 5 * steps
@@ -244,6 +245,21 @@ def test_every_mode_learns_within_the_budget(digits, mode):
     result = searcher.search()
     assert result.evaluations == 6 and all(c.meta["within_budget"] for c in result.candidates)
     assert searcher.agent.action_noise.floor == 0.2 and searcher.agent.replay_buffer.reward_norm == "rank"
+
+
+def test_by_default_no_episode_is_spent_on_a_layout_already_scored():
+    """A tight budget on the digits CNN leaves few layouts: the agent repeats some, and each repeat is moved to an
+    unscored neighbour within the budget, so every episode is a new evaluation."""
+    exp = Experiment.from_config(load_env("digits-demo"))  # its own Evaluator: nothing cached from other tests
+    budget = Budget.parse("0.3flops")
+    searcher = get_searcher("td3")(exp.evaluator, budget, evals=30, seed=0, warmup=2, noise_floor=0.0, noise_decay=0.5)
+    result = searcher.search()
+    layouts = [exp.evaluator.key(c.kept) for c in result.candidates]
+    moved = [c for c in result.candidates if "neighbour_of" in c.meta]
+    assert searcher.env.on_repeat == "neighbour" and moved  # the agent did repeat itself
+    assert not any(c.cached for c in result.candidates) and len(set(layouts)) == len(layouts) == 30
+    limit = budget.limit(fvcore_flops(exp.model, exp.example_inputs))
+    assert all(fvcore_flops(exp.evaluator.pruner.prune(c.kept), exp.example_inputs) <= limit for c in moved)
 
 
 def test_sensitivity_state_adds_each_units_drops(digits):

@@ -42,7 +42,7 @@ SAC_ENTROPY = 0.05
 SAC_ONLY = ("entropy", "target_entropy")
 """Settings only SAC takes."""
 AMC_SETTINGS: dict[str, Any] = {"action_mode": "amc", "warmup_draw": "actions", "noise_floor": 0.0,
-                                "reward_norm": "baseline"}
+                                "reward_norm": "baseline", "on_repeat": "again"}
 """What reproduces AMC's setup (its warm-up length, noise, learning rates and batch are the defaults)."""
 _FLAGS = {"warmup": "--warmup", "warmup_draw": "--warmup-draw", "noise_sigma": "--noise-sigma",
           "noise_decay": "--noise-decay", "noise_floor": "--noise-floor", "lr_actor": "--lr-actor",
@@ -84,8 +84,9 @@ _RUN_OPTIONS = (
                  choices=("acc", "acc-flops", "acc-latency")),
     SearchOption("repeat_penalty", "subtracted from the reward of an episode that repeats a policy this search "
                  "already made (default 0; with --reward acc, 0.01 is one point of accuracy)", float, metavar="P"),
-    SearchOption("on_repeat", "an episode whose layout the search already scored evaluates it again (again, default) "
-                 "or a neighbour one budget-keeping move away that it has not scored (neighbour)", choices=ON_REPEAT),
+    SearchOption("on_repeat", "an episode whose layout the search already scored evaluates a neighbour one "
+                 "budget-keeping move away that it has not scored (neighbour, default) or the same layout again, "
+                 "answered from the cache (again, AMC's)", choices=ON_REPEAT),
     SearchOption("tensorboard", "write stable-baselines3's TensorBoard logs to DIR", metavar="DIR"),
     SearchOption("save_every", "save the agent in the run directory every N episodes (default 10)", int, metavar="N"),
     PRIOR_OPTION,
@@ -109,9 +110,10 @@ class RLSearcher(Searcher):
     scale 0.5 (in the action's ``[-1, 1]`` units) decaying by 0.95 per episode after the warm-up,
     300-300 actor and critic, learning rates 1e-4 (actor) and 1e-3 (critic), tau 0.01, batch 64, gamma
     1, one gradient step per transition after each episode. autoprune's defaults differ from AMC in
-    four settings, measured in the benchmark reports: ``project`` actions, warm-up episodes drawn as
-    random search draws its policies, rewards standardised over the replay buffer, and a noise floor
-    of 0.3 (:data:`AMC_SETTINGS` restores AMC's); SAC also makes 8 gradient steps per transition from
+    five settings, measured in the benchmark reports: ``project`` actions, warm-up episodes drawn as
+    random search draws its policies, rewards standardised over the replay buffer, a noise floor
+    of 0.3, and an episode that ends on a layout already scored evaluating an unscored neighbour instead
+    (:data:`AMC_SETTINGS` restores AMC's); SAC also makes 8 gradient steps per transition from
     an entropy coefficient of 0.05 (:class:`SACSearcher`). Options an agent does not use (noise for SAC
     and PPO, warm-up for PPO, ...) are rejected.
 
@@ -201,7 +203,7 @@ class RLSearcher(Searcher):
         warm_start: str | Path | None = None,
         reward: str = "acc",
         repeat_penalty: float = 0.0,
-        on_repeat: str = "again",
+        on_repeat: str = "neighbour",
         tensorboard: str | Path | None = None,
         run_dir: str | Path | None = None,
         save_every: int = 10,
