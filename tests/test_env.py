@@ -115,9 +115,9 @@ def test_a_repeated_layout_pays_the_repeat_penalty(digits, mode):
 
 @pytest.mark.parametrize("mode", ["amc", "project"])
 def test_a_layout_scored_before_becomes_an_unscored_neighbour_within_the_budget(mode):
-    """With on_repeat="neighbour", an episode ending on a layout the Evaluator scored evaluates a new layout, one
+    """With on_repeat="neighbour", an episode ending on a layout an earlier episode made evaluates a new layout, one
     move away, that meets the budget by an independent FLOPs count; with "again" it is answered from the cache."""
-    exp = Experiment.from_config(load_env("digits-demo"))  # its own Evaluator: nothing scored yet
+    exp = Experiment.from_config(load_env("digits-demo"))
     env = ChannelPruningEnv(exp.evaluator, budget="0.5flops", action_mode=mode, on_repeat="neighbour", seed=0)
     actions = [0.3, -0.2, 0.1, 0.0, 0.5]
     _, _, first = _episode(env, actions)
@@ -134,6 +134,10 @@ def test_a_layout_scored_before_becomes_an_unscored_neighbour_within_the_budget(
     again = ChannelPruningEnv(exp.evaluator, budget="0.5flops", action_mode=mode, seed=0)
     _, _, info = _episode(again, actions)
     assert info["candidate"].cached and info["kept"] == first["kept"] and not info["neighbour"]
+    resumed = ChannelPruningEnv(exp.evaluator, budget="0.5flops", action_mode=mode, on_repeat="neighbour", seed=1)
+    resumed.remember(layouts)  # a resumed search's recorded layouts count as made
+    _, _, info = _episode(resumed, actions)
+    assert info["repeat"] and info["neighbour"] and info["kept"] not in layouts
     with pytest.raises(ConfigError, match="unknown on-repeat 'skip'; choose one of again, neighbour"):
         ChannelPruningEnv(exp.evaluator, budget="0.5flops", on_repeat="skip")
 

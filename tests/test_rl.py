@@ -250,7 +250,7 @@ def test_every_mode_learns_within_the_budget(digits, mode):
 def test_by_default_no_episode_is_spent_on_a_layout_already_scored():
     """A tight budget on the digits CNN leaves few layouts: the agent repeats some, and each repeat is moved to an
     unscored neighbour within the budget, so every episode is a new evaluation."""
-    exp = Experiment.from_config(load_env("digits-demo"))  # its own Evaluator: nothing cached from other tests
+    exp = Experiment.from_config(load_env("digits-demo"))  # its own Evaluator: no layout cached by other tests
     budget = Budget.parse("0.3flops")
     searcher = get_searcher("td3")(exp.evaluator, budget, evals=30, seed=0, warmup=2, noise_floor=0.0, noise_decay=0.5)
     result = searcher.search()

@@ -324,10 +324,6 @@ class Evaluator:
         """The cache key of a channel layout."""
         return tuple(kept[n] for n in self.space.names)
 
-    def scored(self, kept: Mapping[str, int]) -> bool:
-        """Whether this Evaluator holds a candidate of this layout (scored here, or remembered from a record)."""
-        return self.key(kept) in self._cache
-
     def kept(self, policy: Mapping[str, float]) -> dict[str, int]:
         """Channels each unit keeps under ``policy``."""
         return self.space.kept(policy)

@@ -18,7 +18,7 @@ REWARD_NORMS = ("baseline", "standard", "rank")
 means; ``standard`` subtracts the mean and divides by the standard deviation of every terminal reward in the buffer;
 ``rank`` replaces a reward by its rank among them, scaled to [-1, 1]."""
 ON_REPEAT = ("again", "neighbour")
-"""What an episode whose layout the search already scored evaluates: ``again`` the same layout (answered from the
-Evaluator's cache: the episode teaches the agent nothing new); ``neighbour`` a layout one budget-keeping move away
-(:func:`~autoprune.core.moves.move_channels`) that the search has not scored, so that every episode is a new
+"""What an episode whose layout an earlier episode of the search made evaluates: ``again`` the same layout (answered
+from the Evaluator's cache: the episode teaches the agent nothing new); ``neighbour`` a layout one budget-keeping
+move away (:func:`~autoprune.core.moves.move_channels`) that no episode made, so that every episode is a new
 evaluation near where the agent aims."""

@@ -23,7 +23,7 @@ gives its lower-fidelity estimate).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium
@@ -90,9 +90,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         repeat_penalty: subtracted from the reward of an episode whose pruned layout an earlier episode of this
             environment made (``info["repeat"]``), so that an agent that settles keeps looking for new layouts;
             in reward units (``acc``: 0.01 is one point of accuracy). Default 0: no penalty.
-        on_repeat: ``again`` (default) or ``neighbour``: what an episode evaluates when its layout is one the
-            Evaluator already scored (:data:`~autoprune.search.rl.choices.ON_REPEAT`); the neighbour's moves draw
-            from ``seed``. ``info["neighbour"]`` says whether it did.
+        on_repeat: ``again`` (default) or ``neighbour``: what an episode evaluates when its layout is one an earlier
+            episode of this environment made (:data:`~autoprune.search.rl.choices.ON_REPEAT`; see :meth:`remember`);
+            the neighbour's moves draw from ``seed``. ``info["neighbour"]`` says whether it did.
 
     Raises:
         ConfigError: for a missing or doubled network source, an unknown reward or action mode, a
@@ -253,7 +253,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         repeat = key in self._made
         self._made.add(key)
         meta: dict[str, Any] = {"sample": dict(self._wanted)}
-        neighbour = self._neighbour(kept)
+        neighbour = self._neighbour(kept) if repeat else None
         if neighbour is not None:
             policy, meta["neighbour_of"] = self.space.policy_from_kept(neighbour), kept
         candidate = self._evaluate(policy, meta)
@@ -292,12 +292,18 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         latency_us = 1e3 * candidate.latency_ms if candidate.latency_ms is not None else self._dense_latency_us
         return float(-(1.0 - accuracy) * math.log(max(latency_us, 1.0)))  # type: ignore[type-var]
 
+    def remember(self, layouts: Iterable[Mapping[str, int]]) -> None:
+        """Take these layouts as made by earlier episodes (a resumed search's record): an episode ending on one is
+        a repeat."""
+        self._made.update(self.evaluator.key(kept) for kept in layouts)
+
     def _neighbour(self, kept: Mapping[str, int]) -> dict[str, int] | None:
-        """With ``on_repeat="neighbour"``, for a layout the Evaluator already scored: one budget-keeping move away,
-        one it has not scored (None: evaluate ``kept`` itself, or no such move was found)."""
-        if self.on_repeat != "neighbour" or not self.evaluator.scored(kept) or self.cost(kept) > self.limit:
+        """With ``on_repeat="neighbour"``, for a layout an earlier episode made: one budget-keeping move away, one
+        no episode made (None: evaluate ``kept`` itself, or no such move was found)."""
+        if self.on_repeat != "neighbour" or self.cost(kept) > self.limit:
             return None
-        moved = move_channels(kept, self.space, self.cost, self.limit, self._moves, moves=1, avoid=self.evaluator.scored)
+        moved = move_channels(kept, self.space, self.cost, self.limit, self._moves, moves=1,
+                              avoid=lambda layout: self.evaluator.key(layout) in self._made)
         return None if moved == dict(kept) else moved
 
     def _evaluate_alone(self, policy: Policy, meta: Mapping[str, Any]) -> Candidate:

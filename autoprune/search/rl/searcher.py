@@ -176,8 +176,10 @@ class RLSearcher(Searcher):
         return {"warmup": min(DEFAULTS["warmup"], evals // RL_WARMUP_SHARE)}
 
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
-        """Save the agent in the run directory, and continue after the recorded episodes with the saved agent."""
+        """Save the agent in the run directory, and continue after the recorded episodes with the saved agent (their
+        layouts count as made: an episode ending on one is a repeat)."""
         self.continue_run(run_dir, done_before=len(recorded))
+        self._made_before = [c.kept for c in recorded]
 
     def __init__(
         self,
@@ -248,6 +250,7 @@ class RLSearcher(Searcher):
         self.save_every = save_every
         self.run_dir: Path | None = None
         self.done_before = 0
+        self._made_before: list[Mapping[str, int]] = []
         self.agent: BaseAlgorithm | None = None
         self._saved_at = 0
         self.env = self._make_env()  # validates the reward now, before anything is written
@@ -312,6 +315,7 @@ class RLSearcher(Searcher):
         resume = self.run_dir is not None and self.done_before > 0 and (self.run_dir / agents.AGENT_FILE).is_file()
         seed = self.seed + self.done_before  # a continued search must not replay the first session's random actions
         self.env = self._episode_env(seed)
+        self.env.remember(self._made_before)
         settings = {**DEFAULTS, **self.defaults, **self.settings}
         if resume:
             agent = agents.load_agent(self.algorithm, self.run_dir, self.env, seed=seed,  # type: ignore[arg-type]
