@@ -275,9 +275,10 @@ def test_every_action_mode_and_extra_features_pass_the_checkers(digits, mode):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         env = gymnasium.make(ENV_ID, evaluator=digits.evaluator, budget="0.5flops", action_mode=mode,
-                             unit_features=features)
+                             unit_features=features, on_repeat="neighbour", seed=0)
         assert env.observation_space.shape == (len(FEATURES) + 2,)
         _episode(env, [0.3] * len(digits.space))
+        assert _episode(env, [0.3] * len(digits.space))[2]["neighbour"]  # (the checkers then step a moving env)
         check_env(env.unwrapped)
         sb3_check_env(env.unwrapped)
     assert [str(w.message) for w in caught] == []
