@@ -300,7 +300,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def _neighbour(self, kept: Mapping[str, int]) -> dict[str, int] | None:
         """With ``on_repeat="neighbour"``, for a layout an earlier episode made: one budget-keeping move away, one
         no episode made (None: evaluate ``kept`` itself, or no such move was found)."""
-        if self.on_repeat != "neighbour" or self.cost(kept) > self.limit:
+        if self.on_repeat != "neighbour":  # (``kept`` meets the budget: every episode's final policy does)
             return None
         moved = move_channels(kept, self.space, self.cost, self.limit, self._moves, moves=1,
                               avoid=lambda layout: self.evaluator.key(layout) in self._made)
