@@ -60,9 +60,12 @@ class Experiment:
     space: SearchSpace
     evaluator: Evaluator
     options: DataOptions = field(default_factory=DataOptions)
-    unseen: ImageSet | None = None
-    """The proxy split's images after the proxy's own (None or empty: the proxy uses all of them); the search never
-    scores them, so the final choice among its best candidates can (:mod:`autoprune.run.confirm`)."""
+
+    @property
+    def unseen(self) -> ImageSet | None:
+        """The proxy split's images after the proxy's own (None or empty: the proxy uses all of them); no candidate's
+        proxy score uses them, so the final choice among a search's best candidates can (:mod:`autoprune.run.confirm`)."""
+        return self.evaluator.held_out
 
     @classmethod
     def from_config(
@@ -164,8 +167,8 @@ def build_experiment(
     if latency_model == "lut":
         table = latency_table_for(model, example_inputs, space, latency, pruner.prune)
     evaluator = Evaluator(model, example_inputs, space, proxy, criterion, latency, pruner=pruner, recovery=recovery,
-                          latency_table=table, racing=Racing.parse(racing, len(proxy)))
-    return Experiment(config, model, source, example_inputs, space, evaluator, data, unseen)
+                          latency_table=table, racing=Racing.parse(racing, len(proxy)), held_out=unseen)
+    return Experiment(config, model, source, example_inputs, space, evaluator, data)
 
 
 def configure(env: str | Path | EnvConfig | None, overrides: Mapping[str, Any] | None = None) -> EnvConfig:

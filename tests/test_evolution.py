@@ -3,9 +3,11 @@ child is a trial; racing on the command line, in the run's record and in Optuna'
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from autoprune.core.budget import Budget
@@ -63,6 +65,41 @@ def test_without_racing_every_child_is_scored_on_every_image():
     result = searcher.search()
     assert not searcher.racing and searcher.stages == (len(exp.evaluator.proxy),) and searcher.survivors == ()
     assert all(c.ok for c in result.candidates) and result.evaluations == 9
+
+
+def test_fresh_selection_scores_children_on_new_images_and_fully_scores_the_final_parent():
+    exp = build_experiment("digits-demo", {"proxy_images": 200}, racing="on")
+    searcher = get_searcher("evolution")(exp.evaluator, Budget.parse("0.4flops"), evals=14, seed=1, offspring=4,
+                                         selection="fresh")
+    assert len(searcher.pool) == len(exp.evaluator.proxy) + len(exp.unseen) == 359  # the whole proxy split
+    result = searcher.search()
+    assert result.evaluations == 14 and all(c.flops <= searcher.limit for c in result.candidates)
+    *children, final = result.candidates
+    assert final.ok and final.meta["final"] and final.fidelity == len(exp.evaluator.proxy) and result.best is final
+    assert all(c.status == "stopped" and c.fidelity == 0 and c.proxy_acc is None for c in children)
+    stages = [str(n) for n in searcher.stages]
+    assert [len(c.meta["selection"]) > 0 for c in children] == [True] * len(children)
+    for generation in range(2, searcher.generation + 1):  # (generation 1: the uniform start alone)
+        mine = [c.meta["selection"] for c in children if c.meta["generation"] == generation]
+        assert all(stages[0] in s for s in mine)  # every child sees the first slice,
+        assert [sum(stage in s for s in mine) for stage in stages[1:]] == [min(len(mine), k) for k in searcher.survivors]
+    # each generation draws its own images: the same child scores differently on two generations' slices
+    child = searcher.evaluator.start(final.policy)
+    first, second = (searcher.pool.subset(torch.from_numpy(np.random.default_rng((1, g)).permutation(359)[:50]))
+                     for g in (1, 2))
+    assert not torch.equal(first.labels, second.labels)
+    assert child.hits_on(first) is not None and len(child.hits_on(second)) == 50
+
+    again = get_searcher("evolution")(exp.evaluator, Budget.parse("0.4flops"), evals=14, seed=1, offspring=4,
+                                      selection="fresh").search()  # the same seed: the same search
+    assert [c.kept for c in again.candidates] == [c.kept for c in result.candidates]
+    assert [c.meta["selection"] for c in again.candidates[:-1]] == [c.meta["selection"] for c in children]
+
+
+def test_fresh_selection_runs_in_one_process(fails):
+    assert "--selection fresh runs in one process" in fails("search", "--budget", "0.5flops", "--method", "evolution",
+                                                            "--selection", "fresh", "--workers", "2")
+    assert "--selection" in fails("search", "--budget", "0.5flops", "--method", "evolution", "--selection", "best")
 
 
 def test_evolution_run_records_stopped_children_as_pruned_trials(cli, tmp_path):

@@ -30,6 +30,7 @@ from autoprune.core.proxy import Proxy
 from autoprune.core.prune import Pruner
 from autoprune.core.racing import Racing
 from autoprune.core.space import SearchSpace
+from autoprune.zoo.images import ImageSet
 
 if TYPE_CHECKING:
     import torch_pruning as tp
@@ -168,6 +169,22 @@ class Scoring:
         self.curve[self.fidelity] = self.estimate  # type: ignore[assignment]
         return self.estimate
 
+    def hits_on(self, proxy: Proxy) -> torch.Tensor | None:
+        """Whether the candidate's network, ready as for its full score, gets each image of another proxy right
+        (``proxy``: the same proxy on other images, e.g. :meth:`Proxy.subset`); None once it failed. These hits are
+        not its proxy score: :attr:`fidelity` and :attr:`estimate` stay those of the Evaluator's proxy images."""
+        if self.failed:
+            return None
+        try:
+            network = self._prepared(self._all_batches)
+            t = time.perf_counter()
+            hits = proxy.correct(network).cpu()
+            self.timings["score"] = self.timings.get("score", 0.0) + time.perf_counter() - t
+        except FAILURES as e:
+            self._fail(e)
+            return None
+        return hits
+
     def loses_to(self, incumbent: torch.Tensor, racing: Racing) -> bool:
         """Whether, on the images scored so far, it cannot beat an incumbent with per-image hits ``incumbent``."""
         return not self.failed and not self.complete and racing.loses(self.hits, incumbent, len(self.evaluator.proxy))
@@ -272,6 +289,9 @@ class Evaluator:
         latency_table: a latency lookup table: ``cost_of("latency")`` then predicts from it instead of
             timing each pruned network (a candidate's ``latency_ms`` stays measured when ``latency`` is given).
         racing: the stages at which :meth:`evaluate` compares a candidate with an incumbent (None: racing off).
+        held_out: the proxy split's images the proxy does not score (None or empty: it scores all of them): the
+            final choice among a search's best candidates is made on them (:mod:`autoprune.run.confirm`), and
+            evolution's fresh selection draws from them and the proxy's images.
 
     Everything an evaluation depends on is given here and never changed afterwards; a searcher that
     needs another recovery works on :meth:`with_recovery`'s copy. ``observers`` (callables that receive
@@ -291,6 +311,7 @@ class Evaluator:
         recovery: Callable[[nn.Module, Mapping[str, int]], None] | None = None,
         latency_table: LatencyTable | None = None,
         racing: Racing | None = None,
+        held_out: ImageSet | None = None,
     ) -> None:
         self.model = model.eval()
         self.example_inputs = example_inputs
@@ -306,6 +327,7 @@ class Evaluator:
         self.recovery = recovery
         self.latency_table = latency_table
         self.racing = racing
+        self.held_out = held_out
         self._cache: dict[tuple[int, ...], Candidate] = {}
         self._hits: dict[tuple[int, ...], torch.Tensor] = {}
         self._latency_cache: dict[tuple[int, ...], float] = {}
@@ -316,7 +338,7 @@ class Evaluator:
         """A copy that recovers every pruned network with ``recovery``: same network, pruner, cost model, proxy,
         latency settings, racing and observers, its own cache (its scores differ from this Evaluator's)."""
         copy = Evaluator(self.model, self.example_inputs, self.space, self.proxy, self.pruner.criterion, self.latency,
-                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table, racing=self.racing)
+                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table, racing=self.racing, held_out=self.held_out)
         copy.observers = self.observers
         return copy
 

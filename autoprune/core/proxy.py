@@ -150,6 +150,20 @@ class Proxy:
         other.targets = other.labels
         return other
 
+    def extended(self, more: ImageSet) -> Proxy:
+        """The same proxy scoring its own images followed by ``more``, in their order (an ``agreement`` proxy needs
+        :meth:`use_reference` again)."""
+        other = self.on(more)
+        other.images = torch.cat([self.images, other.images])
+        other.labels = other.targets = torch.cat([self.labels, other.labels])
+        return other
+
+    def subset(self, index: torch.Tensor) -> Proxy:
+        """The same proxy scoring only its images at ``index`` (their targets included)."""
+        other = copy.copy(self)
+        other.images, other.labels, other.targets = self.images[index], self.labels[index], self.targets[index]
+        return other
+
     def use_reference(self, dense: nn.Module) -> None:
         """For the ``agreement`` proxy: take the dense network's predictions as targets."""
         if self.kind == "agreement":

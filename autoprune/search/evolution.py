@@ -35,13 +35,16 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.console import status
 from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
 from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
+from autoprune.core.proxy import Proxy
 from autoprune.errors import ConfigError
 from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
@@ -50,6 +53,7 @@ from autoprune.trials.study import TASK_ATTR, claim, done_tasks, drop, enqueue_t
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
+SELECTIONS = ("fixed", "fresh")
 
 
 def _positive(text: str) -> int:
@@ -88,6 +92,8 @@ class EvolutionSearcher(StudySearcher):
             allowed counts, at least one).
         survivors: children kept after each early stage, e.g. ``4,1`` (default: a quarter of the offspring, then
             a quarter of those, at least one).
+        selection: ``fixed`` scores every child on the proxy's images (racing the parent there); ``fresh`` selects
+            on new images every generation (see :meth:`_run_fresh`).
         prior: ``sensitivity`` also scores the sensitivity allocation at the budget and starts from the better of
             it and the uniform policy.
         ratios: the ratio grid of that prior's scan.
@@ -102,6 +108,9 @@ class EvolutionSearcher(StudySearcher):
                      type=_positive, metavar="N"),
         SearchOption("survivors", "evolution: children kept after each early racing stage, e.g. 4,1 (default: a "
                      "quarter of the children per stage)", metavar="N,N"),
+        SearchOption("selection", "evolution: fixed (children race the parent on the proxy's images; default) or "
+                     "fresh (every generation draws new images of the proxy split, EvoPress-style; one process)",
+                     choices=SELECTIONS),
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
@@ -118,6 +127,7 @@ class EvolutionSearcher(StudySearcher):
         offspring: int = DEFAULT_OFFSPRING,
         moves: int = DEFAULT_MOVES,
         survivors: str | None = None,
+        selection: str = "fixed",
         prior: str | None = None,
         ratios: str | None = None,
     ) -> None:
@@ -128,10 +138,15 @@ class EvolutionSearcher(StudySearcher):
         super().__init__(evaluator, budget, evals, seed)
         if offspring < 1 or moves < 1:
             raise ConfigError(f"--offspring and --moves must be >= 1, got {offspring} and {moves}")
+        if selection not in SELECTIONS:
+            raise ConfigError(f"--selection {selection!r}: choose {' or '.join(SELECTIONS)}")
         self.offspring = offspring
         self.moves = moves
+        self.selection = selection
         racing = evaluator.racing
         self.stages = tuple(racing.stages) if self.racing and racing is not None else (len(evaluator.proxy),)
+        if selection == "fresh":
+            self.pool = self._pool()
         self.survivors = self._survivors(survivors)
         self.parent: Candidate | None = None
         self.generation = 0
@@ -155,6 +170,28 @@ class EvolutionSearcher(StudySearcher):
                               "--survivors needs racing stages (--racing on or image counts)")
         return tuple(counts)
 
+    def _pool(self) -> Proxy:
+        """What fresh selection draws from: the proxy's images and the proxy split's other ones."""
+        held_out = self.evaluator.held_out
+        pool = self.evaluator.proxy if held_out is None else self.evaluator.proxy.extended(held_out)
+        if len(pool) == len(self.evaluator.proxy):
+            status("fresh selection: the proxy scores every image of its split, so each generation's last stage is "
+                   "scored on the proxy's own images (leave some unused with fewer --proxy-images)")
+        pool.use_reference(self.evaluator.model)
+        return pool
+
+    @property  # type: ignore[override]
+    def shared(self) -> bool:
+        """Whether the run's study is shared with other workers (fresh selection runs in one process)."""
+        return self.__dict__.get("_shared", False)
+
+    @shared.setter
+    def shared(self, value: bool) -> None:
+        if value and self.selection == "fresh":
+            raise ConfigError("--selection fresh runs in one process: drop --workers and --storage, or use "
+                              "--selection fixed")
+        self._shared = value
+
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
         """A resumed run in one process replays its generations: a child the record holds is answered from it. (On
         a shared study the generations are its tasks.)"""
@@ -166,6 +203,9 @@ class EvolutionSearcher(StudySearcher):
     def _run(self) -> None:
         if self.study is not None:
             self._run_shared()
+            return
+        if self.selection == "fresh":
+            self._run_fresh()
             return
         for policy in self._starts():
             if self.exhausted:
@@ -187,7 +227,7 @@ class EvolutionSearcher(StudySearcher):
             self.parent = candidate
 
     def _full(self, policy: Any, meta: dict[str, Any]) -> Candidate:
-        """A starting point, scored on every image."""
+        """A starting point (or fresh selection's final parent), scored on every image."""
         kept = self.space.kept(policy)
         if self._recorded.get(self.evaluator.key(kept)):
             return self.record(self._recorded[self.evaluator.key(kept)].popleft())
@@ -231,6 +271,69 @@ class EvolutionSearcher(StudySearcher):
             if isinstance(child, Scoring):
                 child.advance()
             self._consider(self._finish(child))
+
+    def _run_fresh(self) -> None:
+        """EvoPress's selection: every generation draws new images of the proxy split (the proxy's and the others,
+        from the stream ``(seed, generation)``), a random slice of each racing stage's size. All children are scored on the
+        first slice, the best ``survivors`` go on to the next; on the last one the parent is scored again beside the
+        survivors and the best of them becomes the parent only if it beats the parent there. A parent never keeps a
+        lucky score, so the search does not climb the noise of one fixed image set.
+
+        Each child is recorded ``stopped`` (its accuracy on each slice in ``meta["selection"]``, images: accuracy);
+        its proxy score is not made. The last evaluation scores the final parent on the proxy's images: the search's
+        one fully scored candidate and its result. The starting points compete as the first generation's children
+        (with fewer evaluations than starting points, the uniform policy is scored alone).
+        """
+        starts = [self.space.kept(p) for p in self._starts()]
+        parent = starts[0]
+        if self.evals > len(starts):
+            parent = self._select_fresh(starts, None) or parent
+        while self.evals - self.result.evaluations > 1:
+            count = min(self.offspring, self.evals - 1 - self.result.evaluations)
+            self.rng = np.random.default_rng((self.seed, self.generation + 1))
+            parent = self._select_fresh([self._mutate(parent) for _ in range(count)], parent) or parent
+        meta = {"method": self.name, "generation": self.generation, "final": True}
+        self._full(self.space.policy_from_kept(parent), meta)
+
+    def _select_fresh(self, children: list[dict[str, int]], parent: Mapping[str, int] | None) -> dict[str, int] | None:
+        """One generation of fresh selection (see :meth:`_run_fresh`): score ``children`` on this generation's
+        slices in stages and record them; returns the child that beats ``parent`` on the last slice, if one does."""
+        self.generation += 1
+        draw = np.random.default_rng((self.seed, self.generation))
+        slices = [self.pool.subset(torch.from_numpy(draw.permutation(len(self.pool))[:n])) for n in self.stages]
+        scores: list[dict[str, float]] = []
+        scorings: list[Scoring | Candidate] = []
+        for kept in children:
+            recorded = self._recorded.get(self.evaluator.key(kept))
+            if recorded:  # a resumed run's child: its scores are in the record
+                scorings.append(recorded.popleft())
+                scores.append({k: float(v) for k, v in scorings[-1].meta.get("selection", {}).items()})
+                continue
+            meta = {"method": self.name, "generation": self.generation, "within_budget": self.cost(kept) <= self.limit}
+            scorings.append(self.evaluator.start(self.space.policy_from_kept(kept), meta))
+            scores.append({})
+        alive = list(range(len(children)))
+        for stage, images in enumerate(slices):
+            key = str(len(images))
+            for i in alive:
+                scoring = scorings[i]
+                if isinstance(scoring, Scoring) and (hits := scoring.hits_on(images)) is not None:
+                    scores[i][key] = hits.float().mean().item()
+            alive = sorted((i for i in alive if key in scores[i]), key=lambda i: -scores[i][key])
+            alive = alive[:self.survivors[stage]] if stage < len(self.survivors) else alive
+        for scoring, score in zip(scorings, scores):
+            if isinstance(scoring, Scoring):
+                scoring.meta["selection"] = score
+                scoring = scoring.finish()
+            self.record(scoring)
+        if not alive:
+            return None
+        best = alive[0]
+        if parent is not None:
+            again = self.evaluator.start(self.space.policy_from_kept(parent)).hits_on(slices[-1])
+            if again is not None and again.float().mean().item() >= scores[best][str(len(slices[-1]))]:
+                return None
+        return children[best]
 
     def _finish(self, child: Scoring | _Recorded) -> Candidate:
         return self.record(child.candidate if isinstance(child, _Recorded) else child.finish())
