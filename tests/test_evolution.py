@@ -85,7 +85,7 @@ def test_fresh_selection_scores_children_on_new_images_and_fully_scores_the_fina
         assert [sum(stage in s for s in mine) for stage in stages[1:]] == [min(len(mine), k) for k in searcher.survivors]
     # each generation draws its own images: the same child scores differently on two generations' slices
     child = searcher.evaluator.start(final.policy)
-    first, second = (searcher.pool.subset(torch.from_numpy(np.random.default_rng((1, g)).permutation(359)[:50]))
+    first, second = (searcher.pool.subset(torch.from_numpy(np.random.default_rng((1, g, 1)).permutation(359)[:50]))
                      for g in (1, 2))
     assert not torch.equal(first.labels, second.labels)
     assert child.hits_on(first) is not None and len(child.hits_on(second)) == 50

@@ -273,11 +273,12 @@ class EvolutionSearcher(StudySearcher):
             self._consider(self._finish(child))
 
     def _run_fresh(self) -> None:
-        """EvoPress's selection: every generation draws new images of the proxy split (the proxy's and the others,
-        from the stream ``(seed, generation)``), a random slice of each racing stage's size. All children are scored on the
-        first slice, the best ``survivors`` go on to the next; on the last one the parent is scored again beside the
-        survivors and the best of them becomes the parent only if it beats the parent there. A parent never keeps a
-        lucky score, so the search does not climb the noise of one fixed image set.
+        """EvoPress's selection: every generation draws new images of the proxy split (the proxy's and the others),
+        a random slice of each racing stage's size from the stream ``(seed, generation, 1)`` (its mutations draw from
+        ``(seed, generation)``). All children are scored on the first slice, the best ``survivors`` go on to the
+        next; on the last one the parent is scored again beside the survivors and the best of them becomes the
+        parent only if it beats the parent there. A parent never keeps a lucky score, so the search does not climb
+        the noise of one fixed image set.
 
         Each child is recorded ``stopped`` (its accuracy on each slice in ``meta["selection"]``, images: accuracy);
         its proxy score is not made. The last evaluation scores the final parent on the proxy's images: the search's
@@ -299,7 +300,7 @@ class EvolutionSearcher(StudySearcher):
         """One generation of fresh selection (see :meth:`_run_fresh`): score ``children`` on this generation's
         slices in stages and record them; returns the child that beats ``parent`` on the last slice, if one does."""
         self.generation += 1
-        draw = np.random.default_rng((self.seed, self.generation))
+        draw = np.random.default_rng((self.seed, self.generation, 1))
         slices = [self.pool.subset(torch.from_numpy(draw.permutation(len(self.pool))[:n])) for n in self.stages]
         scores: list[dict[str, float]] = []
         scorings: list[Scoring | Candidate] = []
