@@ -37,7 +37,8 @@ HITS_ATTR = "hits"
 """Trial attribute with a candidate's per-image hits on every proxy image (:func:`encode_hits`): the workers of a
 shared study race their candidates against an incumbent another worker found without scoring it again."""
 TIMINGS = ("prune", "recover", "recalibrate", "score", "cost", "latency", "total")
-_OWN_META = ("method", "within_budget", "sample")  # meta keys with attributes of their own
+_DICT_META = ("sample", "selection")  # meta keys whose dict values are trial attributes of their own
+_OWN_META = ("method", "within_budget", *_DICT_META)  # meta keys with attributes of their own
 
 
 def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
@@ -65,8 +66,9 @@ def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
         attrs["costs"] = sorted(candidate.costs)
     if candidate.reason:
         attrs["reason"] = candidate.reason
-    if "sample" in candidate.meta:
-        attrs["sample"] = dict(candidate.meta["sample"])
+    for key in _DICT_META:
+        if key in candidate.meta:
+            attrs[key] = dict(candidate.meta[key])
     return attrs
 
 
@@ -125,8 +127,7 @@ def candidate_from_trial(trial: FrozenTrial, position: int) -> Candidate:
     a = trial.user_attrs
     try:
         meta = {**a.get("meta", {}), "method": a["method"], "within_budget": a["within_budget"]}
-        if "sample" in a:
-            meta["sample"] = a["sample"]
+        meta.update({key: a[key] for key in _DICT_META if key in a})
         return Candidate(
             index=int(a.get("evaluation", position)), policy=Policy(a["ratios"]),
             kept={k: int(v) for k, v in a["kept"].items()}, status=a["status"], proxy_acc=a["proxy_acc"],
