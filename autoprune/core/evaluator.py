@@ -338,7 +338,8 @@ class Evaluator:
         """A copy that recovers every pruned network with ``recovery``: same network, pruner, cost model, proxy,
         latency settings, racing and observers, its own cache (its scores differ from this Evaluator's)."""
         copy = Evaluator(self.model, self.example_inputs, self.space, self.proxy, self.pruner.criterion, self.latency,
-                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table, racing=self.racing, held_out=self.held_out)
+                         pruner=self.pruner, recovery=recovery, latency_table=self.latency_table, racing=self.racing,
+                         held_out=self.held_out)
         copy.observers = self.observers
         return copy
 

@@ -150,6 +150,7 @@ class EvolutionSearcher(StudySearcher):
         self.survivors = self._survivors(survivors)
         self.parent: Candidate | None = None
         self.generation = 0
+        self._held: tuple[tuple[int, ...], Scoring] | None = None  # fresh selection: the parent's unrecorded scoring
         self._recorded: dict[tuple[int, ...], deque[Candidate]] = defaultdict(deque)
 
     def _survivors(self, text: str | None) -> tuple[int, ...]:
@@ -331,10 +332,17 @@ class EvolutionSearcher(StudySearcher):
             return None
         best = alive[0]
         if parent is not None:
-            again = self.evaluator.start(self.space.policy_from_kept(parent)).hits_on(slices[-1])
+            again = self._parent_scoring(parent).hits_on(slices[-1])
             if again is not None and again.float().mean().item() >= scores[best][str(len(slices[-1]))]:
                 return None
         return children[best]
+
+    def _parent_scoring(self, parent: Mapping[str, int]) -> Scoring:
+        """The parent's network, pruned and recalibrated once while it stays the parent (never recorded again)."""
+        key = self.evaluator.key(parent)
+        if self._held is None or self._held[0] != key:
+            self._held = (key, self.evaluator.start(self.space.policy_from_kept(parent)))
+        return self._held[1]
 
     def _finish(self, child: Scoring | _Recorded) -> Candidate:
         return self.record(child.candidate if isinstance(child, _Recorded) else child.finish())
