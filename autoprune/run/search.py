@@ -143,6 +143,8 @@ class SearchSettings:
         cls = get_searcher(self.method)
         options = cls.resolve_options(self.method_options, sampler=self.sampler,
                                       objectives=parse_objectives(self.objectives))
+        if self.shared:
+            cls.check_shared(options)
         searcher = cls(exp.evaluator, Budget.parse(self.budget), evals=self.evals, seed=self.seed, **options)
         searcher.shared = searcher.shared or self.shared  # (Optuna always works on a study)
         searcher.worker = worker

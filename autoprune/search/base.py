@@ -143,6 +143,15 @@ class Searcher(ABC):
         return dict(options)
 
     @classmethod
+    def check_shared(cls, options: Mapping[str, Any]) -> None:
+        """Refuse options that cannot work on a study other workers share (``--workers``, ``--storage``); called
+        before the searcher is built.
+
+        Raises:
+            ConfigError: for such an option (none by default).
+        """
+
+    @classmethod
     def uses_sensitivity_scan(cls, options: Mapping[str, Any]) -> bool:
         """Whether a search with these options reads the layer-sensitivity scan: with ``--prior sensitivity``
         (a method that takes no prior never has one)."""

@@ -28,6 +28,7 @@ speculation only fills what would be idle time at each generation's end.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -145,8 +146,6 @@ class EvolutionSearcher(StudySearcher):
         self.selection = selection
         racing = evaluator.racing
         self.stages = tuple(racing.stages) if self.racing and racing is not None else (len(evaluator.proxy),)
-        if selection == "fresh":
-            self.pool = self._pool()
         self.survivors = self._survivors(survivors)
         self.parent: Candidate | None = None
         self.generation = 0
@@ -171,8 +170,10 @@ class EvolutionSearcher(StudySearcher):
                               "--survivors needs racing stages (--racing on or image counts)")
         return tuple(counts)
 
-    def _pool(self) -> Proxy:
-        """What fresh selection draws from: the proxy's images and the proxy split's other ones."""
+    @functools.cached_property
+    def pool(self) -> Proxy:
+        """What fresh selection draws from: the proxy's images and the proxy split's other ones (made on first use,
+        so that a searcher built only to check settings loads nothing)."""
         held_out = self.evaluator.held_out
         pool = self.evaluator.proxy if held_out is None else self.evaluator.proxy.extended(held_out)
         if len(pool) == len(self.evaluator.proxy):
@@ -181,17 +182,12 @@ class EvolutionSearcher(StudySearcher):
         pool.use_reference(self.evaluator.model)
         return pool
 
-    @property  # type: ignore[override]
-    def shared(self) -> bool:
-        """Whether the run's study is shared with other workers (fresh selection runs in one process)."""
-        return self.__dict__.get("_shared", False)
-
-    @shared.setter
-    def shared(self, value: bool) -> None:
-        if value and self.selection == "fresh":
+    @classmethod
+    def check_shared(cls, options: Mapping[str, Any]) -> None:
+        """Fresh selection runs in one process: refuse it on a shared study."""
+        if options.get("selection") == "fresh":
             raise ConfigError("--selection fresh runs in one process: drop --workers and --storage, or use "
                               "--selection fixed")
-        self._shared = value
 
     def attach_run(self, run_dir: Path, study: Any, storage: Any, recorded: Sequence[Candidate] = ()) -> None:
         """A resumed run in one process replays its generations: a child the record holds is answered from it. (On
