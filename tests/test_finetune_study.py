@@ -71,7 +71,11 @@ def test_finetune_study_saves_every_cell_and_resumes_only_the_missing_one(search
     one_seed = [*argv[:argv.index("--seeds")], "--seeds", "1", *argv[argv.index("--seeds") + 2:]]
     assert finetune.main([*one_seed, "--report-only"]) == 0
     assert "p = n/a: fewer than two seeds or no spread" in (out / "digits-demo-finetune.md").read_text()
+    (cells / "findings.md").write_text("Uniform holds up after two epochs.\n")
     assert finetune.main([*argv, "--report-only"]) == 0
+    assert (out / "digits-demo-finetune.md").read_text().rstrip().endswith(
+        "_Written by hand in `../ft/findings.md` from the cells above; a rewrite of this report keeps it._\n\n"
+        "Uniform holds up after two epochs.")
 
     (cells / "random-kd-s1.json").unlink()
     before = {p.name: p.read_text() for p in cells.glob("*.json")}

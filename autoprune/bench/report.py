@@ -10,6 +10,7 @@ timed their evaluations, ``<name>-anytime.png`` the same against wall-clock seco
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,7 @@ def write_report(settings: BenchSettings, cells: list[dict[str, Any]], dense: di
     if timed(cells):
         plots.append(plot_anytime(cells, out / f"{name}-anytime.png", name))
     lines = _markdown(settings, frame, dense, scan, command, csv, plots, anytime_section(cells))
-    findings = settings.cell_dir / FINDINGS
-    if findings.is_file():
-        lines += ["", "## Findings", "", f"_Written by hand in `{findings.relative_to(out).as_posix()}` from the cells "
-                  "above; a rewrite of this report keeps it._", "", findings.read_text().strip()]
+    lines += findings_section(settings.cell_dir, out)
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return [md, csv, *plots]
@@ -311,3 +309,12 @@ def plot_curves(cells: list[dict[str, Any]], path: Path, title: str) -> Path:
     axes[0][0].legend(fontsize=8)
     return save_figure(fig, path, f"{title}: best-so-far proxy accuracy (mean over seeds)")
 
+
+def findings_section(cell_dir: Path, out: Path) -> list[str]:
+    """The report's last section: ``findings.md`` written by hand beside the cells, if there is one."""
+    findings = cell_dir / FINDINGS
+    if not findings.is_file():
+        return []
+    where = os.path.relpath(findings, out).replace(os.sep, "/")
+    return ["", "## Findings", "", f"_Written by hand in `{where}` from the cells above; a rewrite of this report "
+            "keeps it._", "", findings.read_text().strip()]

@@ -40,6 +40,7 @@ from autoprune.bench.finetune_cells import (
     study_recipe,
 )
 from autoprune.bench.machine import machine_header, write_markdown
+from autoprune.bench.report import findings_section
 from autoprune.bench.settings import parse_method, parse_methods
 from autoprune.bench.stats import mean_std
 from autoprune.core.budget import Budget
@@ -299,7 +300,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     lines += report_lines(records, methods, distill)
     plot = plot_curves(records, methods, distill, Path(args.out) / f"{name}-curves.png",
                        f"{config.model} {budget}: accuracy during fine-tuning")
-    lines += [f"![accuracy against epoch]({plot.name})", ""]
+    lines += [f"![accuracy against epoch]({plot.name})", *findings_section(cells, Path(args.out)), ""]
     write_markdown(args.out, f"{name}.md", lines, echo=not args.quiet)
     return 0
 
