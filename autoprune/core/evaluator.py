@@ -169,14 +169,16 @@ class Scoring:
         self.curve[self.fidelity] = self.estimate  # type: ignore[assignment]
         return self.estimate
 
-    def hits_on(self, proxy: Proxy) -> torch.Tensor | None:
-        """Whether the candidate's network, ready as for its full score, gets each image of another proxy right
-        (``proxy``: the same proxy on other images, e.g. :meth:`Proxy.subset`); None once it failed. These hits are
-        not its proxy score: :attr:`fidelity` and :attr:`estimate` stay those of the Evaluator's proxy images."""
+    def hits_on(self, proxy: Proxy, images: int | None = None) -> torch.Tensor | None:
+        """Whether the candidate's network gets each image of another proxy right (``proxy``: the same proxy on other
+        images, e.g. :meth:`Proxy.subset`); None once it failed. The network is ready as for a score on the first
+        ``images`` of the Evaluator's proxy images (default: all of them; an early racing stage recalibrates on its
+        early batches). These hits are not its proxy score: :attr:`fidelity` and :attr:`estimate` stay those of the
+        Evaluator's proxy images."""
         if self.failed:
             return None
         try:
-            network = self._prepared(self._all_batches)
+            network = self._prepared(self._batches_for(len(self.evaluator.proxy) if images is None else images))
             t = time.perf_counter()
             hits = proxy.correct(network).cpu()
             self.timings["score"] = self.timings.get("score", 0.0) + time.perf_counter() - t
@@ -184,6 +186,11 @@ class Scoring:
             self._fail(e)
             return None
         return hits
+
+    def recalibrated_for(self, images: int) -> bool:
+        """Whether its network is already recalibrated as a score on ``images`` images needs, so that hits it gave
+        before stay those it would give now."""
+        return self._batches >= self._batches_for(images)
 
     def loses_to(self, incumbent: torch.Tensor, racing: Racing) -> bool:
         """Whether, on the images scored so far, it cannot beat an incumbent with per-image hits ``incumbent``."""

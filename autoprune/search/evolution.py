@@ -271,13 +271,15 @@ class EvolutionSearcher(StudySearcher):
 
     def _run_fresh(self) -> None:
         """EvoPress's selection: every generation draws new images of the proxy split (the proxy's and the others),
-        a random slice of each racing stage's size from the stream ``(seed, generation, 1)`` (its mutations draw from
-        ``(seed, generation)``). All children are scored on the first slice, the best ``survivors`` go on to the
-        next; on the last one the parent is scored again beside the survivors and the best of them becomes the
-        parent only if it beats the parent there. A parent never keeps a lucky score, so the search does not climb
+        as many as the proxy scores, in a random order from the stream ``(seed, generation, 1)`` (its mutations draw
+        from ``(seed, generation)``); each racing stage scores the first of them (a stage of 500 images: the first
+        500). All children are scored on the first stage, the best ``survivors`` go on to the next, scoring only the
+        images it adds while they keep the racing's early BatchNorm recalibration, and on the last stage (every
+        calibration batch, all the drawn images) the parent is scored again beside the survivors and the best of them becomes the parent only if it beats the
+        parent there. A parent never keeps a lucky score, so the search does not climb
         the noise of one fixed image set.
 
-        Each child is recorded ``stopped`` (its accuracy on each slice in ``meta["selection"]``, images: accuracy);
+        Each child is recorded ``stopped`` (its accuracy after each stage in ``meta["selection"]``, images: accuracy);
         its proxy score is not made. The last evaluation scores the final parent on the proxy's images: the search's
         one fully scored candidate and its result. The starting points compete as the first generation's children
         (with fewer evaluations than starting points, the uniform policy is scored alone).
@@ -298,7 +300,7 @@ class EvolutionSearcher(StudySearcher):
         slices in stages and record them; returns the child that beats ``parent`` on the last slice, if one does."""
         self.generation += 1
         draw = np.random.default_rng((self.seed, self.generation, 1))
-        slices = [self.pool.subset(torch.from_numpy(draw.permutation(len(self.pool))[:n])) for n in self.stages]
+        drawn = self.pool.subset(torch.from_numpy(draw.permutation(len(self.pool))[:self.stages[-1]]))
         scores: list[dict[str, float]] = []
         scorings: list[Scoring | Candidate] = []
         for kept in children:
@@ -310,13 +312,15 @@ class EvolutionSearcher(StudySearcher):
             meta = {"method": self.name, "generation": self.generation, "within_budget": self.cost(kept) <= self.limit}
             scorings.append(self.evaluator.start(self.space.policy_from_kept(kept), meta))
             scores.append({})
+        hits: list[torch.Tensor] = [torch.zeros(0, dtype=torch.bool) for _ in children]
         alive = list(range(len(children)))
-        for stage, images in enumerate(slices):
-            key = str(len(images))
+        for stage, images in enumerate(self.stages):
+            key = str(images)
             for i in alive:
                 scoring = scorings[i]
-                if isinstance(scoring, Scoring) and (hits := scoring.hits_on(images)) is not None:
-                    scores[i][key] = hits.float().mean().item()
+                if isinstance(scoring, Scoring) and (more := _stage_hits(scoring, hits[i], drawn, images)) is not None:
+                    hits[i] = more
+                    scores[i][key] = more.float().mean().item()
             alive = sorted((i for i in alive if key in scores[i]), key=lambda i: -scores[i][key])
             alive = alive[:self.survivors[stage]] if stage < len(self.survivors) else alive
         for scoring, score in zip(scorings, scores):
@@ -328,8 +332,8 @@ class EvolutionSearcher(StudySearcher):
             return None
         best = alive[0]
         if parent is not None:
-            again = self._parent_scoring(parent).hits_on(slices[-1])
-            if again is not None and again.float().mean().item() >= scores[best][str(len(slices[-1]))]:
+            again = self._parent_scoring(parent).hits_on(drawn)
+            if again is not None and again.float().mean().item() >= scores[best][str(self.stages[-1])]:
                 return None
         return children[best]
 
@@ -461,6 +465,15 @@ class EvolutionSearcher(StudySearcher):
         parent = self._parent(generation, trials)
         if trial.user_attrs.get("parent") != _tag(parent):
             drop(trial, f"its parent ({trial.user_attrs.get('parent')}) was replaced by {_tag(parent)}")
+
+
+def _stage_hits(scoring: Scoring, before: torch.Tensor, drawn: Proxy, images: int) -> torch.Tensor | None:
+    """A child's hits on the first ``images`` of a generation's ``drawn`` images, its network ready as for a racing
+    stage of that size: only the images after ``before`` (its hits of the stages before) are scored while its
+    recalibration stays that of ``before``, all of them once the last stage recalibrates it on every batch."""
+    start = len(before) if scoring.recalibrated_for(images) else 0
+    more = scoring.hits_on(drawn.subset(torch.arange(start, images)), images)
+    return None if more is None else torch.cat([before[:start], more])
 
 
 def _task(generation: int, slot: int, parent: FrozenTrial | None) -> str:
