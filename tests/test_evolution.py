@@ -11,8 +11,11 @@ import torch
 import yaml
 
 from autoprune.core.budget import Budget
+from autoprune.core.policy import Policy
+from autoprune.core.proxy import Proxy
 from autoprune.experiment import build_experiment
 from autoprune.search import get_searcher
+from autoprune.search.evolution import _stage_hits
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +97,27 @@ def test_fresh_selection_scores_children_on_new_images_and_fully_scores_the_fina
                                       selection="fresh").search()  # the same seed: the same search
     assert [c.kept for c in again.candidates] == [c.kept for c in result.candidates]
     assert [c.meta["selection"] for c in again.candidates[:-1]] == [c.meta["selection"] for c in children]
+
+
+def test_fresh_selection_scores_early_stages_on_the_images_they_add_and_the_last_on_all(monkeypatch):
+    exp = build_experiment("digits-demo", {"proxy_images": 200}, racing="on")
+    searcher = get_searcher("evolution")(exp.evaluator, Budget.parse("0.4flops"), evals=10, seed=1, selection="fresh")
+    assert searcher.stages == (50, 100, 200) and exp.evaluator.racing.batches_before_last(4) == 1
+    drawn = searcher.pool.subset(torch.randperm(len(searcher.pool), generator=torch.Generator().manual_seed(0))[:200])
+    policy = Policy.uniform(exp.space.names, 0.3)
+    scored: list[int] = []
+    correct = Proxy.correct
+    monkeypatch.setattr(Proxy, "correct", lambda self, *a, **k: scored.append(len(self)) or correct(self, *a, **k))
+    scoring = exp.evaluator.start(policy)
+    first = _stage_hits(scoring, torch.zeros(0, dtype=torch.bool), drawn, 50)
+    second = _stage_hits(scoring, first, drawn, 100)
+    assert scored == [50, 50] and len(second) == 100 and torch.equal(second[:50], first)  # nested, one recalibration
+    assert scoring.recalibrated_for(100) and not scoring.recalibrated_for(200)
+    last = _stage_hits(scoring, second, drawn, 200)
+    assert scored[-1] == 200 and scoring.recalibrated_for(200)  # every batch now: all the images scored again
+    assert torch.equal(last, exp.evaluator.start(policy).hits_on(drawn))  # as a full evaluation's network scores them
+    early = exp.evaluator.start(policy).hits_on(drawn.subset(torch.arange(100)), 100)
+    assert torch.equal(second, early)  # as a network recalibrated on the early batch alone scores them
 
 
 def test_fresh_selection_runs_in_one_process(fails):
