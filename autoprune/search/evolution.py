@@ -275,9 +275,9 @@ class EvolutionSearcher(StudySearcher):
         from ``(seed, generation)``); each racing stage scores the first of them (a stage of 500 images: the first
         500). All children are scored on the first stage, the best ``survivors`` go on to the next, scoring only the
         images it adds while they keep the racing's early BatchNorm recalibration, and on the last stage (every
-        calibration batch, all the drawn images) the parent is scored again beside the survivors and the best of them becomes the parent only if it beats the
-        parent there. A parent never keeps a lucky score, so the search does not climb
-        the noise of one fixed image set.
+        calibration batch, all the drawn images) the parent is scored again beside the survivors and the best of
+        them becomes the parent only if it beats the parent there. A parent never keeps a lucky score, so the search
+        does not climb the noise of one fixed image set.
 
         Each child is recorded ``stopped`` (its accuracy after each stage in ``meta["selection"]``, images: accuracy);
         its proxy score is not made. The last evaluation scores the final parent on the proxy's images: the search's
@@ -296,8 +296,8 @@ class EvolutionSearcher(StudySearcher):
         self._full(self.space.policy_from_kept(parent), meta)
 
     def _select_fresh(self, children: list[dict[str, int]], parent: Mapping[str, int] | None) -> dict[str, int] | None:
-        """One generation of fresh selection (see :meth:`_run_fresh`): score ``children`` on this generation's
-        slices in stages and record them; returns the child that beats ``parent`` on the last slice, if one does."""
+        """One generation of fresh selection (see :meth:`_run_fresh`): score ``children`` in stages on this
+        generation's images and record them; returns the child that beats ``parent`` on the last stage, if one does."""
         self.generation += 1
         draw = np.random.default_rng((self.seed, self.generation, 1))
         drawn = self.pool.subset(torch.from_numpy(draw.permutation(len(self.pool))[:self.stages[-1]]))
