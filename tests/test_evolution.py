@@ -15,7 +15,6 @@ from autoprune.core.policy import Policy
 from autoprune.core.proxy import Proxy
 from autoprune.experiment import build_experiment
 from autoprune.search import get_searcher
-from autoprune.search.evolution import _stage_hits
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +106,15 @@ def test_fresh_selection_scores_early_stages_on_the_images_they_add_and_the_last
     policy = Policy.uniform(exp.space.names, 0.3)
     scored: list[int] = []
     correct = Proxy.correct
-    monkeypatch.setattr(Proxy, "correct", lambda self, *a, **k: scored.append(len(self)) or correct(self, *a, **k))
+    monkeypatch.setattr(Proxy, "correct", lambda self, model, start=0, stop=None:
+                        scored.append(len(self.labels[start:stop])) or correct(self, model, start, stop))
     scoring = exp.evaluator.start(policy)
-    first = _stage_hits(scoring, torch.zeros(0, dtype=torch.bool), drawn, 50)
-    second = _stage_hits(scoring, first, drawn, 100)
+    first = scoring.hits_on(drawn, 50, torch.zeros(0, dtype=torch.bool))
+    second = scoring.hits_on(drawn, 100, first)
     assert scored == [50, 50] and len(second) == 100 and torch.equal(second[:50], first)  # nested, one recalibration
-    assert scoring.recalibrated_for(100) and not scoring.recalibrated_for(200)
-    last = _stage_hits(scoring, second, drawn, 200)
-    assert scored[-1] == 200 and scoring.recalibrated_for(200)  # every batch now: all the images scored again
+    last = scoring.hits_on(drawn, 200, second)
+    assert scored[-1] == 200  # every batch now: all the images scored again
+    assert torch.equal(scoring.hits_on(drawn, 200, last), last) and scored[-1] == 0  # and nothing more to recalibrate
     assert torch.equal(last, exp.evaluator.start(policy).hits_on(drawn))  # as a full evaluation's network scores them
     early = exp.evaluator.start(policy).hits_on(drawn.subset(torch.arange(100)), 100)
     assert torch.equal(second, early)  # as a network recalibrated on the early batch alone scores them

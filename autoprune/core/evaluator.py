@@ -169,28 +169,28 @@ class Scoring:
         self.curve[self.fidelity] = self.estimate  # type: ignore[assignment]
         return self.estimate
 
-    def hits_on(self, proxy: Proxy, images: int | None = None) -> torch.Tensor | None:
-        """Whether the candidate's network gets each image of another proxy right (``proxy``: the same proxy on other
-        images, e.g. :meth:`Proxy.subset`); None once it failed. The network is ready as for a score on the first
-        ``images`` of the Evaluator's proxy images (default: all of them; an early racing stage recalibrates on its
-        early batches). These hits are not its proxy score: :attr:`fidelity` and :attr:`estimate` stay those of the
+    def hits_on(self, proxy: Proxy, images: int | None = None, known: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Whether the candidate's network gets each of the first ``images`` images of another proxy right (``proxy``:
+        the same proxy on other images, e.g. :meth:`Proxy.subset`; default: all of them); None once it failed. The
+        network is ready as for a score on ``images`` of the Evaluator's proxy images (an early racing stage: its
+        early recalibration batches; default: all batches). ``known``: the hits this call gave before on the first
+        images of ``proxy``; they are kept, and only the images after them scored, unless the network is recalibrated
+        further now. These hits are not its proxy score: :attr:`fidelity` and :attr:`estimate` stay those of the
         Evaluator's proxy images."""
         if self.failed:
             return None
+        stop = len(proxy) if images is None else images
         try:
+            before = self._batches
             network = self._prepared(self._batches_for(len(self.evaluator.proxy) if images is None else images))
+            start = len(known) if known is not None and self._batches == before else 0
             t = time.perf_counter()
-            hits = proxy.correct(network).cpu()
+            hits = proxy.correct(network, start, stop).cpu()
             self.timings["score"] = self.timings.get("score", 0.0) + time.perf_counter() - t
         except FAILURES as e:
             self._fail(e)
             return None
-        return hits
-
-    def recalibrated_for(self, images: int) -> bool:
-        """Whether its network is already recalibrated as a score on ``images`` images needs, so that hits it gave
-        before stay those it would give now."""
-        return self._batches >= self._batches_for(images)
+        return torch.cat([known[:start], hits]) if known is not None and start else hits
 
     def loses_to(self, incumbent: torch.Tensor, racing: Racing) -> bool:
         """Whether, on the images scored so far, it cannot beat an incumbent with per-image hits ``incumbent``."""

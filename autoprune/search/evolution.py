@@ -318,7 +318,7 @@ class EvolutionSearcher(StudySearcher):
             key = str(images)
             for i in alive:
                 scoring = scorings[i]
-                if isinstance(scoring, Scoring) and (more := _stage_hits(scoring, hits[i], drawn, images)) is not None:
+                if isinstance(scoring, Scoring) and (more := scoring.hits_on(drawn, images, hits[i])) is not None:
                     hits[i] = more
                     scores[i][key] = more.float().mean().item()
             alive = sorted((i for i in alive if key in scores[i]), key=lambda i: -scores[i][key])
@@ -465,15 +465,6 @@ class EvolutionSearcher(StudySearcher):
         parent = self._parent(generation, trials)
         if trial.user_attrs.get("parent") != _tag(parent):
             drop(trial, f"its parent ({trial.user_attrs.get('parent')}) was replaced by {_tag(parent)}")
-
-
-def _stage_hits(scoring: Scoring, before: torch.Tensor, drawn: Proxy, images: int) -> torch.Tensor | None:
-    """A child's hits on the first ``images`` of a generation's ``drawn`` images, its network ready as for a racing
-    stage of that size: only the images after ``before`` (its hits of the stages before) are scored while its
-    recalibration stays that of ``before``, all of them once the last stage recalibrates it on every batch."""
-    start = len(before) if scoring.recalibrated_for(images) else 0
-    more = scoring.hits_on(drawn.subset(torch.arange(start, images)), images)
-    return None if more is None else torch.cat([before[:start], more])
 
 
 def _task(generation: int, slot: int, parent: FrozenTrial | None) -> str:
