@@ -12,6 +12,7 @@ import yaml
 
 from autoprune.core.budget import Budget
 from autoprune.core.policy import Policy
+from autoprune.core.projection import tilted_shape
 from autoprune.core.proxy import Proxy
 from autoprune.experiment import build_experiment
 from autoprune.search import get_searcher
@@ -45,7 +46,8 @@ def test_children_meet_the_budget_and_spend_it(digits, budget):
 
 
 def test_generations_select_in_stages_and_keep_the_books(digits):
-    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.3flops"), evals=17, seed=0, offspring=8)
+    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse("0.3flops"), evals=17, seed=0, offspring=8,
+                                         tilts="0")
     result = searcher.search()
     stages = digits.evaluator.racing.stages
     assert searcher.stages == stages and searcher.survivors == (2, 1)
@@ -59,6 +61,28 @@ def test_generations_select_in_stages_and_keep_the_books(digits):
         assert sum(c.ok for c in mine) <= 1  # one child per generation is scored on every image
         assert all(c.fidelity in stages for c in mine)
     assert searcher.parent.proxy_acc == result.best.proxy_acc
+
+
+@pytest.mark.parametrize(("budget", "other"), [("0.5flops", "params"), ("0.5params", "flops")])
+def test_tilted_starts_keep_more_channels_where_the_budget_buys_more(digits, budget, other):
+    """DigitsCNN: features.0 and features.3 run at 8x8, the others at 4x4 after the pool; a channel of
+    features.0 feeds an 8x8 convolution, one of features.3 a 4x4 one. Under a FLOPs budget a channel of an
+    earlier unit costs more FLOPs per parameter, so a positive tilt prunes it harder; under a params budget the
+    other way round."""
+    searcher = get_searcher("evolution")(digits.evaluator, Budget.parse(budget), evals=5, seed=0)
+    other_cost = digits.evaluator.cost_of(other)
+    shape = tilted_shape(searcher.space, searcher.cost, other_cost, 0.3)
+    order = ["features.0", "features.3", "features.7"] if other == "params" else ["features.7", "features.3", "features.0"]
+    assert shape[order[0]] > shape[order[1]] > shape[order[2]] >= 0.0 and min(shape.values()) == 0.0
+    assert tilted_shape(searcher.space, searcher.cost, other_cost, 0.0) == {n: 0.0 for n in searcher.space.names}
+    starts = [searcher.space.kept(p) for p in searcher.starts]
+    uniform = searcher.space.kept(searcher.project({n: 0.0 for n in searcher.space.names}, fill=False))
+    assert starts[0] == uniform and len({tuple(k.values()) for k in starts}) == len(starts) > 2
+    assert all(searcher.cost(k) <= searcher.limit for k in starts)
+    assert other_cost(starts[-1]) > other_cost(uniform)  # the steepest tilt keeps the most of the other resource
+    result = searcher.search()  # five evaluations: the starting points, each scored on every image
+    assert [c.kept for c in result.candidates] == starts[:5] and all(c.meta["start"] for c in result.candidates)
+    assert searcher.parent.proxy_acc == max(c.proxy_acc for c in result.candidates)
 
 
 def test_without_racing_every_child_is_scored_on_every_image():
@@ -164,6 +188,7 @@ def test_racing_flags_are_checked(fails, cli):
     assert "--survivors" in fails("search", "--budget", "0.5flops", "--method", "evolution", "--racing", "off",
                                   "--survivors", "2")
     assert "--offspring" in fails("search", "--budget", "0.5flops", "--method", "random", "--offspring", "4")
+    assert "--tilts grid" in fails("search", "--budget", "0.5flops", "--method", "evolution", "--tilts", "0:x")
     assert "lut" in fails("search", "--budget", "0.8latency", "--method", "evolution", "--latency-model", "measure")
 
 

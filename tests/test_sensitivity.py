@@ -51,7 +51,7 @@ def test_parse_ratios(text, ratios):
     ("0.1:0.9:0", "step > 0"),
     ("0.1:0.9", "cannot parse"),
     ("a,b", "cannot parse"),
-    ("-0.2,0.5", "cannot parse"),
+    ("-0.2,0.5", "outside (0, 1)"),
 ])
 def test_parse_ratios_rejects(text, key):
     with pytest.raises(ConfigError, match=re.escape(key)) as error:

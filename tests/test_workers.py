@@ -235,11 +235,11 @@ def check_evolution_with_a_worker_killed(storage: str, tmp_path: Path) -> None:
     assert killed is not None, "no child was caught running"
     trials = _trials(storage, study)
     done = [t for t in trials if counted(t)]
-    assert len(done) == 100  # exactly the evaluations asked for: 1 start, then 24 generations of 4 and one of 3
+    assert len(done) == 100  # exactly the evaluations asked for: 5 starts (the tilts), 23 generations of 4, one of 3
     tasks = [t.user_attrs[TASK_ATTR] for t in done]
     assert len(set(tasks)) == 100  # no child evaluated twice
     generations = pd.Series([t.user_attrs["generation"] for t in done]).value_counts().sort_index().tolist()
-    assert generations == [1] + [4] * 24 + [3]
+    assert generations == [5] + [4] * 23 + [3]
     assert any(_pid(t) == process.pid for t in done)  # the command itself is worker 0
     dead = next(t for t in trials if t.number == killed.number)
     if dead.state == TrialState.FAIL:  # killed mid-trial (not just after it): failed, its child evaluated again

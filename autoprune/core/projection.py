@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import numpy as np
+
 from autoprune.core.policy import Policy
 from autoprune.core.space import SearchSpace
 from autoprune.errors import BudgetError
@@ -103,3 +105,29 @@ def fill_budget(kept: dict[str, int], target: Mapping[str, float], space: Search
             break
         open_units = [u for u in space.units if kept[u.name] < u.max_kept]
     return kept
+
+
+def tilted_shape(space: SearchSpace, cost: CostFn, other: CostFn, tilt: float) -> dict[str, float]:
+    """A shape for :func:`project` that tilts the uniform policy by each unit's price: the ``cost`` its channels
+    add per unit of ``other`` they add (under a FLOPs budget with ``other`` the parameters, a unit's FLOPs per
+    parameter: its output resolution). Kept fractions go as (price / median price) ** -tilt, so a positive tilt
+    keeps more channels where the budget buys more of ``other`` (late, low-resolution layers under a FLOPs
+    budget) and prunes the expensive ones harder; tilt 0 is the uniform shape.
+
+    A unit's price is measured between its dense count and three quarters of it, the other units dense; a unit
+    whose price cannot be measured (neither cost moves) takes the median price.
+    """
+    dense = {u.name: u.channels for u in space.units}
+    dense_cost, dense_other = cost(dense), other(dense)
+    prices = {}
+    for u in space.units:
+        fewer = {**dense, u.name: max(0, u.channels - max(1, u.channels // 4))}
+        saved_cost, saved_other = dense_cost - cost(fewer), dense_other - other(fewer)
+        if saved_cost > 0 and saved_other > 0:
+            prices[u.name] = saved_cost / saved_other
+    if not prices or tilt == 0:
+        return {u.name: 0.0 for u in space.units}
+    median = float(np.median(list(prices.values())))
+    keep = {u.name: (prices.get(u.name, median) / median) ** -tilt for u in space.units}
+    top = max(keep.values())
+    return {name: 1.0 - k / top for name, k in keep.items()}

@@ -45,15 +45,18 @@ from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
 from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
+from autoprune.core.projection import tilted_shape
 from autoprune.core.proxy import Proxy
 from autoprune.errors import ConfigError
 from autoprune.search.base import SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
+from autoprune.search.sensitivity_scan import parse_grid
 from autoprune.search.shared import CandidateFailed, StudySearcher
 from autoprune.trials.study import TASK_ATTR, claim, done_tasks, drop, enqueue_tasks, held_tasks, waiting_params
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
+DEFAULT_TILTS = "0:0.4:0.1"
 SELECTIONS = ("fixed", "fresh")
 
 
@@ -95,8 +98,11 @@ class EvolutionSearcher(StudySearcher):
             a quarter of those, at least one).
         selection: ``fixed`` scores every child on the proxy's images (racing the parent there); ``fresh`` selects
             on new images every generation (see :meth:`_run_fresh`).
-        prior: ``sensitivity`` also scores the sensitivity allocation at the budget and starts from the better of
-            it and the uniform policy.
+        tilts: the starting points' tilts (a grid, see :func:`~autoprune.core.projection.tilted_shape`): each
+            is the uniform policy tilted towards the units where the budget buys the most parameters (under a
+            params budget: the most FLOPs), projected onto the budget; the best of them is the first parent.
+            ``0``: the uniform policy alone.
+        prior: ``sensitivity`` also scores the sensitivity allocation at the budget as a starting point.
         ratios: the ratio grid of that prior's scan.
     """
 
@@ -112,6 +118,9 @@ class EvolutionSearcher(StudySearcher):
         SearchOption("selection", "evolution: fixed (children race the parent on the proxy's images; default) or "
                      "fresh (every generation draws new images of the proxy split, EvoPress-style; one process)",
                      choices=SELECTIONS),
+        SearchOption("tilts", "evolution: tilts of the starting points, the uniform policy with kept fractions going "
+                     "as (budget cost per parameter)^-tilt, a grid such as 0:0.4:0.1 (default) or 0 (uniform start)",
+                     metavar="GRID"),
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
@@ -129,6 +138,7 @@ class EvolutionSearcher(StudySearcher):
         moves: int = DEFAULT_MOVES,
         survivors: str | None = None,
         selection: str = "fixed",
+        tilts: str = DEFAULT_TILTS,
         prior: str | None = None,
         ratios: str | None = None,
     ) -> None:
@@ -141,6 +151,7 @@ class EvolutionSearcher(StudySearcher):
             raise ConfigError(f"--offspring and --moves must be >= 1, got {offspring} and {moves}")
         if selection not in SELECTIONS:
             raise ConfigError(f"--selection {selection!r}: choose {' or '.join(SELECTIONS)}")
+        self.tilts = parse_grid(tilts, "--tilts grid")
         self.offspring = offspring
         self.moves = moves
         self.selection = selection
@@ -204,7 +215,7 @@ class EvolutionSearcher(StudySearcher):
         if self.selection == "fresh":
             self._run_fresh()
             return
-        for policy in self._starts():
+        for policy in self.starts:
             if self.exhausted:
                 return
             self._consider(self._full(policy, {"start": True}))
@@ -212,12 +223,20 @@ class EvolutionSearcher(StudySearcher):
             self.generation += 1
             self._generation()
 
-    def _starts(self) -> list[Policy]:
-        """The starting points: the uniform policy at the budget, and the sensitivity allocation with the prior."""
-        starts = [self.project({n: 0.0 for n in self.space.names}, fill=False)]
+    @functools.cached_property
+    def starts(self) -> list[Policy]:
+        """The starting points, each once: the tilted uniform policies at the budget (tilt 0 first), and the
+        sensitivity allocation with the prior."""
+        other = self.evaluator.cost_of("flops" if self.budget.metric == "params" else "params")
+        tilts = sorted(self.tilts, key=abs)
+        # the uniform policy as the uniform baseline makes it (unfilled); a tilted one spends the budget's leftover
+        starts = [self.project(tilted_shape(self.space, self.cost, other, t), fill=t != 0) for t in tilts]
         if self.prior_ratios is not None:
             starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
-        return starts
+        unique: dict[tuple[int, ...], Policy] = {}
+        for policy in starts:
+            unique.setdefault(self.evaluator.key(self.space.kept(policy)), policy)
+        return list(unique.values())
 
     def _consider(self, candidate: Candidate) -> None:
         if candidate.ok and (self.parent is None or candidate.proxy_acc >= self.parent.proxy_acc):  # type: ignore[operator]
@@ -284,7 +303,7 @@ class EvolutionSearcher(StudySearcher):
         one fully scored candidate and its result. The starting points compete as the first generation's children
         (with fewer evaluations than starting points, the uniform policy is scored alone).
         """
-        starts = [self.space.kept(p) for p in self._starts()]
+        starts = [self.space.kept(p) for p in self.starts]
         parent = starts[0]
         if self.evals > len(starts):
             parent = self._select_fresh(starts, None) or parent
@@ -378,7 +397,7 @@ class EvolutionSearcher(StudySearcher):
 
     def _size(self, generation: int) -> int:
         """Children of a generation (generation 0: the starting points), so that all of them make ``evals``."""
-        first = min(1 + (self.prior_ratios is not None), self.evals)
+        first = min(len(self.starts), self.evals)
         if generation == 0:
             return first
         return max(0, min(self.offspring, self.evals - first - (generation - 1) * self.offspring))
@@ -410,7 +429,7 @@ class EvolutionSearcher(StudySearcher):
         """Enqueue the children of ``generation`` by ``parent`` that no trial holds yet: the starting points, or
         mutations of the parent drawn from the stream ``(seed, generation)``."""
         if parent is None:
-            children = [self.space.kept(p) for p in self._starts()]
+            children = [self.space.kept(p) for p in self.starts]
         else:
             self.rng = np.random.default_rng((self.seed, generation))
             kept = {n: int(k) for n, k in parent.user_attrs["kept"].items()}

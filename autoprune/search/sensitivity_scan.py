@@ -41,29 +41,38 @@ from autoprune.zoo.images import cache_dir
 
 DEFAULT_RATIOS = "0.1:0.9:0.1"
 COLUMNS = ("unit", "ratio", "kept", "channels", "accuracy", "flops", "flops_saved", "params")
-_NUMBER = r"\d*\.?\d+(?:e[+-]?\d+)?"
+_NUMBER = r"-?\d*\.?\d+(?:e[+-]?\d+)?"
 
 
-def parse_ratios(text: str) -> tuple[float, ...]:
-    """Parse a ratio grid: ``start:stop:step`` (stop included) or a comma list such as ``0.2,0.5,0.8``.
+def parse_grid(text: str, what: str = "ratio grid") -> tuple[float, ...]:
+    """Parse a grid of numbers: ``start:stop:step`` (stop included) or a comma list such as ``0.2,0.5,0.8``,
+    sorted and without repeats.
 
     Raises:
-        ConfigError: if the text is malformed, or a ratio is outside (0, 1).
+        ConfigError: if the text is malformed (``what`` names the grid in the message).
     """
     compact = str(text).strip().replace(" ", "")
     if m := re.fullmatch(rf"({_NUMBER}):({_NUMBER}):({_NUMBER})", compact):
         start, stop, step = (float(g) for g in m.groups())
         if step <= 0 or stop < start:
-            raise ConfigError(f"ratio grid {text!r} must be start:stop:step with step > 0 and start <= stop")
-        ratios = [round(start + i * step, 10) for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
-    elif re.fullmatch(rf"{_NUMBER}(,{_NUMBER})*", compact):
-        ratios = sorted({float(v) for v in compact.split(",")})
-    else:
-        raise ConfigError(f"cannot parse ratio grid {text!r}; write start:stop:step (0.1:0.9:0.1) or a list (0.2,0.5,0.8)")
+            raise ConfigError(f"{what} {text!r} must be start:stop:step with step > 0 and start <= stop")
+        return tuple(round(start + i * step, 10) for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1))
+    if re.fullmatch(rf"{_NUMBER}(,{_NUMBER})*", compact):
+        return tuple(sorted({float(v) for v in compact.split(",")}))
+    raise ConfigError(f"cannot parse {what} {text!r}; write start:stop:step (0.1:0.9:0.1) or a list (0.2,0.5,0.8)")
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    """Parse a ratio grid (see :func:`parse_grid`).
+
+    Raises:
+        ConfigError: if the text is malformed, or a ratio is outside (0, 1).
+    """
+    ratios = parse_grid(text)
     bad = [r for r in ratios if not 0.0 < r < 1.0]
     if bad:
         raise ConfigError(f"ratio grid {text!r} has ratios outside (0, 1): {bad}; a ratio is the fraction of channels removed")
-    return tuple(ratios)
+    return ratios
 
 
 @dataclass(frozen=True)
