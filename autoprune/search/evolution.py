@@ -2,6 +2,8 @@
 mutations move channels between units so that the budget stays met, with offspring selected in stages on
 growing slices of the proxy split.
 
+The first parent is the best of the starting points, the uniform policy tilted towards the units where the
+budget buys the most parameters (:func:`~autoprune.core.projection.tilted_shape`, one per ``tilts`` value).
 Each generation mutates the parent (the best policy so far) into ``offspring`` children. A mutation
 takes channels from a few units and gives the budget they free to others, then spends whatever budget
 is left one allowed step at a time, so every child meets the budget as closely as rounding allows with
