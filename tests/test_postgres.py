@@ -97,9 +97,9 @@ def test_random_and_evolution_on_three_workers_count_every_evaluation_once(postg
     assert len(done) == 13 and "13 evaluations recorded" in out
     if method == "random":  # each trial its own draw
         assert len({tuple(sorted(t.user_attrs["sample"].items())) for t in done}) == 13
-    else:  # each child once: 1 start, then generations of 4
+    else:  # each child once: the 5 starts (the tilts), then generations of 4
         assert len({t.user_attrs["task"] for t in done}) == 13
-        assert sorted(t.user_attrs["generation"] for t in done) == [0] + [1] * 4 + [2] * 4 + [3] * 4
+        assert sorted(t.user_attrs["generation"] for t in done) == [0] * 5 + [1] * 4 + [2] * 4
     assert len(pd.read_csv(tmp_path / "run" / "trials.csv")) == 13
 
 
