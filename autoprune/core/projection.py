@@ -117,6 +117,8 @@ def tilted_shape(space: SearchSpace, cost: CostFn, other: CostFn, tilt: float) -
     A unit's price is measured between its dense count and three quarters of it, the other units dense; a unit
     whose price cannot be measured (neither cost moves) takes the median price.
     """
+    if tilt == 0:
+        return {u.name: 0.0 for u in space.units}
     dense = {u.name: u.channels for u in space.units}
     dense_cost, dense_other = cost(dense), other(dense)
     prices = {}
@@ -125,7 +127,7 @@ def tilted_shape(space: SearchSpace, cost: CostFn, other: CostFn, tilt: float) -
         saved_cost, saved_other = dense_cost - cost(fewer), dense_other - other(fewer)
         if saved_cost > 0 and saved_other > 0:
             prices[u.name] = saved_cost / saved_other
-    if not prices or tilt == 0:
+    if not prices:
         return {u.name: 0.0 for u in space.units}
     median = float(np.median(list(prices.values())))
     keep = {u.name: (prices.get(u.name, median) / median) ** -tilt for u in space.units}
