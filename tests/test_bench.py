@@ -51,7 +51,7 @@ def test_quick_runs_every_method_at_every_budget(quick):
         limit = Budget.parse(c["budget"]).value * c["dense_flops"]
         assert c["flops"] <= limit  # every method's best policy meets its budget
         assert 0.0 <= c["proxy_acc"] <= 1.0 and 0.0 <= c["report_acc"] <= 1.0 and 0.0 <= c["finetuned_acc"] <= 1.0
-        assert c["latency_ms"] > 0 and c["seconds"] > 0
+        assert c["latency_ms"] > 0 and c["seconds"] > 0 and 0 < c["reference_ms_per_image"] < 1000
         assert 1 <= c["distinct"] <= c["evals"] <= 6 and len(c["curve"]) == c["evals"]
         assert c["neighbours"] == 0  # (no agent moves a repeat unless --on-repeat neighbour)
         assert set(c["kept"]) == set(c["channels"]) and all(0 < c["kept"][u] <= c["channels"][u] for u in c["kept"])
@@ -214,13 +214,17 @@ def test_ablation_compares_each_variant_with_its_methods_defaults():
 def test_header_names_each_machine_and_library_set_the_cells_ran_on():
     base = {"method": "random", "budget": "0.5flops", "seed": 0, "evals": 10, "seconds": 5.0, "proxy_acc": 0.5,
             "report_acc": 0.5, "flops": 5, "dense_flops": 10, "params": 3}
-    cells = [{**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 10:00 UTC"},
-             {**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 11:00 UTC"},
+    cells = [{**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 10:00 UTC",
+              "reference_ms_per_image": 3.4},
+             {**base, "machine": "box", "versions": "python 3.11; torch 2.14", "finished": "2026-11-28 11:00 UTC",
+              "reference_ms_per_image": 3.1},
              {**base, "machine": "box", "versions": "python 3.11; torch 2.15", "finished": "2026-11-21 09:00 UTC"},
              {**base, "machine": "box", "finished": "2026-11-21 08:00 UTC"},  # made before cells recorded versions
              base]  # made before cells recorded their machine
     assert measured_on(cells_frame(cells)) == [
-        "- cells measured on: box; python 3.11; torch 2.14 (2 cells, finished 2026-11-28 10:00 UTC to 2026-11-28 11:00 UTC)",
+        "- cells measured on: box; python 3.11; torch 2.14 (2 cells, finished 2026-11-28 10:00 UTC to 2026-11-28 11:00 UTC; "
+        "the dense network's forward passes took 3.10-3.40 ms of CPU per image at the end of 2 cells (the machine's "
+        "speed then: compare seconds through it))",
         "- cells measured on: box; python 3.11; torch 2.15 (1 cells, finished 2026-11-21 09:00 UTC to 2026-11-21 09:00 UTC)",
         "- cells measured on: box (1 cells, finished 2026-11-21 08:00 UTC to 2026-11-21 08:00 UTC)",
         "- 1 cells do not record their machine (made before autoprune recorded it)",

@@ -50,6 +50,8 @@ from autoprune.trials.study import bind_settings, counted, enqueue_tasks, open_s
 from autoprune.trials.study import claim as claim_task
 
 CELL_FORMAT = 1
+REFERENCE_IMAGES = 256
+"""Images of each cell's reference workload (:func:`reference_speed`): a few seconds of CPU on ResNet-56."""
 
 
 def check_identity(settings: BenchSettings) -> None:
@@ -295,6 +297,7 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
         "stopped": sum(c.stopped for c in result.candidates),
         "confirmation": confirmation.record() if confirmation is not None else None,
         "images_scored": sum(c.fidelity or 0 for c in result.candidates if not c.cached),
+        "reference_ms_per_image": reference_speed(exp),
         "machine": machine_description(), "versions": library_versions(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if settings.latency:
@@ -303,6 +306,21 @@ def run_cell(settings: BenchSettings, budget: str, spec: str, seed: int, progres
     if settings.finetune_epochs:
         cell.update(finetune(exp, network, settings, seed))
     return cell
+
+
+def reference_speed(exp: Experiment, images: int = REFERENCE_IMAGES) -> float:
+    """CPU milliseconds per image of the dense network's forward passes on the proxy's first ``images`` (the
+    fastest of three passes): the machine's speed when a cell was made, so that the seconds of cells made at
+    different times, or beside different loads, can be compared."""
+    proxy = exp.evaluator.proxy
+    model = proxy.prepare(copy.deepcopy(exp.model), recalibrate=False)
+    count = min(images, len(proxy))
+    fastest = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        proxy.correct(model, 0, count)
+        fastest = min(fastest, time.process_time() - start)
+    return 1000.0 * fastest / count
 
 
 def best_so_far(candidates: list[Any]) -> list[float | None]:

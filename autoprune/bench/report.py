@@ -29,7 +29,7 @@ from autoprune.search import get_searcher, methods_where
 
 FINDINGS = "findings.md"  # beside the cells: what a person learned from them, appended to the report
 NUMBERS = ("evals", "distinct", "seconds", "evals_per_min", "proxy_acc", "report_acc", "finetuned_acc",
-           "flops_fraction", "flops", "params", "latency_ms")
+           "flops_fraction", "flops", "params", "latency_ms", "reference_ms")
 COLUMNS = ("method", "budget", "seed", *NUMBERS, "machine", "versions", "finished")
 
 
@@ -43,7 +43,8 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
             "seconds": c["seconds"], "evals_per_min": 60.0 * c["evals"] / c["seconds"],
             "proxy_acc": c["proxy_acc"], "report_acc": c["report_acc"], "finetuned_acc": c.get("finetuned_acc"),
             "flops_fraction": c["flops"] / c["dense_flops"], "flops": c["flops"], "params": c["params"],
-            "latency_ms": c.get("latency_ms"), "machine": c.get("machine"),
+            "latency_ms": c.get("latency_ms"), "reference_ms": c.get("reference_ms_per_image"),
+            "machine": c.get("machine"),
             "versions": c.get("versions"), "finished": c.get("finished"),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: float for k in NUMBERS})
@@ -164,8 +165,12 @@ def measured_on(frame: pd.DataFrame) -> list[str]:
         if pd.isna(machine):
             continue
         with_versions = "" if pd.isna(versions) else f"; {versions}"
+        speed = g["reference_ms"].dropna()
+        reference = (f"; the dense network's forward passes took {speed.min():.2f}-{speed.max():.2f} ms of CPU per "
+                     f"image at the end of {plural(len(speed), 'cell')} (the machine's speed then: compare seconds "
+                     f"through it)" if len(speed) else "")
         lines.append(f"- cells measured on: {machine}{with_versions} ({len(g)} cells, finished {g['finished'].min()} "
-                     f"to {g['finished'].max()})")
+                     f"to {g['finished'].max()}{reference})")
     unknown = int(frame["machine"].isna().sum())
     if unknown:
         lines.append(f"- {unknown} cells do not record their machine (made before autoprune recorded it)")
