@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from autoprune.bench.harness import benchmark, run_bench
+from autoprune.bench.machine import library_versions, source_revision
 from autoprune.bench.report import COLUMNS, ablation_table, cells_frame, comparison_table, measured_on
 from autoprune.bench.settings import (
     DEFAULT_METHODS,
@@ -209,6 +211,17 @@ def test_ablation_compares_each_variant_with_its_methods_defaults():
     assert rows[-1] == "| sac:reward-norm=baseline,updates=1 − sac:reward-norm=baseline | +0.00 |"
     assert not any("ddpg" in r for r in rows)  # its defaults are not in the frame: nothing to compare with
     assert ablation_table(frame[frame["method"] != "sac"], [("report_acc", "test acc")]) == []
+
+
+def test_versions_name_the_commit_autoprune_runs_from():
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("autoprune does not run from a git checkout here")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    revision = source_revision()
+    assert revision is not None and head.startswith(revision.removesuffix("+")) and len(revision) >= 7
+    assert f"autoprune {metadata.version('autoprune')} (git {revision})," in library_versions()
 
 
 def test_header_names_each_machine_and_library_set_the_cells_ran_on():

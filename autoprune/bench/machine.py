@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -22,14 +24,32 @@ def machine_description() -> str:
             f"{torch.get_num_threads()}, GPU: {gpu}; {platform.system()} {platform.release()}")
 
 
+@functools.cache
+def source_revision() -> str | None:
+    """The git commit autoprune runs from (``+`` appended when its tracked files differ from it), or None when it
+    does not run from a git checkout (an installed wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--abbrev=7", "--dirty=+"],
+                                   capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None
+
+
 def library_versions() -> str:
-    """Python and the installed versions of the libraries a measurement depends on, in one line."""
+    """Python and the installed versions of the libraries a measurement depends on (autoprune's with its git
+    commit when it runs from a checkout), in one line."""
     versions = []
     for name in LIBRARIES:
         try:
-            versions.append(f"{name} {metadata.version(name)}")
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+        revision = source_revision() if name == "autoprune" else None
+        versions.append(f"{name} {version}" + (f" (git {revision})" if revision else ""))
     return f"python {sys.version.split()[0]}; {', '.join(versions)}"
 
 
