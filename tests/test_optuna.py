@@ -22,7 +22,7 @@ from autoprune.core.policy import PolicyRecord
 from autoprune.experiment import Experiment
 from autoprune.presets import load_env
 from autoprune.run.directory import pareto_front
-from autoprune.search import SAMPLERS, OptunaSearcher
+from autoprune.search import SAMPLERS, OptunaSearcher, get_searcher
 from autoprune.trials.study import counted, open_storage
 
 
@@ -49,6 +49,24 @@ def test_every_sampler_meets_budget_and_records_raw_and_projected(digits, sample
         assert set(t.user_attrs["sample"]) == set(digits.space.names)  # the raw sample ...
         assert t.user_attrs["flops"] <= 0.5 * digits.evaluator.cost.dense_flops  # ... projected onto the budget
     assert result.best.flops <= 0.5 * digits.evaluator.cost.dense_flops
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_tilts_enqueue_evolutions_starting_points_first(digits, sampler):
+    budget = Budget.parse("0.5flops")
+    starts = get_searcher("evolution")(digits.evaluator, budget, evals=5, seed=0).starts
+    assert len(starts) > 2
+    searcher = OptunaSearcher(digits.evaluator, budget, evals=len(starts) + 3, seed=0, sampler=sampler,
+                              tilts="0:0.4:0.1")
+    result = searcher.search()
+    kept = [c.kept for c in result.candidates]
+    # the tilted starts are evaluated as enqueued; the uniform one (unfilled, as the uniform baseline makes it) is
+    # filled with the budget's leftover by the projection every Optuna sample goes through, as before --tilts
+    assert kept[1:len(starts)] == [digits.space.kept(p) for p in starts[1:]]
+    assert all(kept[0][n] >= k for n, k in digits.space.kept(starts[0]).items())
+    assert all(c.flops <= searcher.limit for c in result.candidates) and result.evaluations == len(starts) + 3
+    plain = OptunaSearcher(digits.evaluator, budget, evals=1, seed=0, sampler=sampler).search()
+    assert [c.kept for c in plain.candidates] == kept[:1]  # by default the uniform policy alone
 
 
 def test_cmaes_with_two_objectives_and_unknown_sampler_are_errors(digits):

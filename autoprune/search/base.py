@@ -29,7 +29,7 @@ from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Candidate, Evaluator
 from autoprune.core.metrics import get_metric
 from autoprune.core.policy import Policy
-from autoprune.core.projection import check_reachable, project
+from autoprune.core.projection import check_reachable, project, tilted_shape
 from autoprune.errors import ConfigError
 
 
@@ -213,6 +213,19 @@ class Searcher(ABC):
         """
         fill = fill and self.metric.is_exact(self.evaluator)
         return project(shape, self.space, self.cost, self.limit, fill=fill)
+
+    def tilted_starts(self, tilts: Sequence[float], more: Sequence[Policy] = ()) -> list[Policy]:
+        """Starting points: the uniform policy tilted by each of ``tilts``
+        (:func:`~autoprune.core.projection.tilted_shape`) and projected onto the budget, tilt 0 (the uniform policy)
+        first, then ``more``; each layout once. Under a params budget the tilt leans towards the units where the
+        budget buys the most FLOPs, else the most parameters."""
+        other = self.evaluator.cost_of("flops" if self.budget.metric == "params" else "params")
+        # the uniform policy as the uniform baseline makes it (unfilled); a tilted one spends the budget's leftover
+        starts = [self.project(tilted_shape(self.space, self.cost, other, t), fill=t != 0) for t in sorted(tilts, key=abs)]
+        unique: dict[tuple[int, ...], Policy] = {}
+        for policy in [*starts, *more]:
+            unique.setdefault(self.evaluator.key(self.space.kept(policy)), policy)
+        return list(unique.values())
 
     def search(self, on_candidate: Callable[[Candidate, Candidate | None], None] | None = None) -> SearchResult:
         """Run the search; ``on_candidate(candidate, best)`` is called after each evaluation."""

@@ -47,7 +47,6 @@ from autoprune.core.evaluator import Candidate, Evaluator, Scoring
 from autoprune.core.metrics import get_metric
 from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
-from autoprune.core.projection import tilted_shape
 from autoprune.core.proxy import Proxy
 from autoprune.errors import ConfigError
 from autoprune.search.base import SearchOption
@@ -229,16 +228,8 @@ class EvolutionSearcher(StudySearcher):
     def starts(self) -> list[Policy]:
         """The starting points, each once: the tilted uniform policies at the budget (tilt 0 first), and the
         sensitivity allocation with the prior."""
-        other = self.evaluator.cost_of("flops" if self.budget.metric == "params" else "params")
-        tilts = sorted(self.tilts, key=abs)
-        # the uniform policy as the uniform baseline makes it (unfilled); a tilted one spends the budget's leftover
-        starts = [self.project(tilted_shape(self.space, self.cost, other, t), fill=t != 0) for t in tilts]
-        if self.prior_ratios is not None:
-            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
-        unique: dict[tuple[int, ...], Policy] = {}
-        for policy in starts:
-            unique.setdefault(self.evaluator.key(self.space.kept(policy)), policy)
-        return list(unique.values())
+        prior = [] if self.prior_ratios is None else [sensitivity_allocation(self, self.prior_ratios)[0]]
+        return self.tilted_starts(self.tilts, prior)
 
     def _consider(self, candidate: Candidate) -> None:
         if candidate.ok and (self.parent is None or candidate.proxy_acc >= self.parent.proxy_acc):  # type: ignore[operator]

@@ -6,7 +6,8 @@ candidate that cannot beat the best one is stopped early and its trial pruned (i
 accuracy after each stage). With two objectives
 (``acc,flops`` or ``acc,latency``) samples are evaluated as they are and the study's Pareto front is
 the result; ``autoprune pick`` then takes the best policy under any budget. The uniform policy at
-the budget is enqueued as the first trial. Many workers share one study through its storage; the
+the budget is enqueued as the first trial (with ``--tilts``, the tilted starting points that evolution starts from
+too). Many workers share one study through its storage; the
 evaluation count is global to the study.
 """
 
@@ -30,6 +31,7 @@ from autoprune.search.sensitivity import (
     check_prior,
     sensitivity_allocation,
 )
+from autoprune.search.sensitivity_scan import parse_grid
 from autoprune.search.shared import StudySearcher
 from autoprune.trials.study import open_study, unit_distributions
 
@@ -77,6 +79,8 @@ class OptunaSearcher(StudySearcher):
         objectives: ``("acc",)`` or ``("acc", "flops")`` / ``("acc", "latency")`` / ``("acc", "params")``.
         study: the study to work on (default: a new in-memory one); replaceable until :meth:`search`.
         warm_start: enqueue the uniform policy at the budget as the first trial.
+        tilts: with ``warm_start``, also enqueue the uniform policy tilted by each of these (a grid, see
+            :meth:`~autoprune.search.base.Searcher.tilted_starts`); ``0``: the uniform policy alone.
         prior: ``sensitivity`` enqueues the sensitivity allocation at the budget as the next trial
             (see :mod:`autoprune.search.sensitivity`; the scan is cached).
         ratios: the ratio grid of that prior's scan.
@@ -86,6 +90,9 @@ class OptunaSearcher(StudySearcher):
     summary = "Optuna samplers (TPE, CMA-ES, GP, ...) over one float ratio per unit"
     options = (
         SearchOption("sampler", f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe)", choices=SAMPLERS),
+        SearchOption("tilts", "optuna: enqueue the uniform policy tilted by each value as the first trials, the "
+                     "starting points of evolution, e.g. 0:0.4:0.1 (default 0: the uniform policy alone)",
+                     metavar="GRID"),
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
@@ -109,6 +116,7 @@ class OptunaSearcher(StudySearcher):
         objectives: Sequence[str] = ("acc",),
         study: optuna.Study | None = None,
         warm_start: bool = True,
+        tilts: str = "0",
         prior: str | None = None,
         ratios: str | None = None,
     ) -> None:
@@ -120,6 +128,7 @@ class OptunaSearcher(StudySearcher):
         self.sampler = make_sampler(sampler, seed, len(self.objectives))
         self.distributions = unit_distributions(self.space)
         self.warm_start = warm_start
+        self.tilts = parse_grid(tilts, "--tilts grid")
         self.study = study or open_study(optuna.storages.InMemoryStorage(), "autoprune", self.objectives)
         self.shared = True  # its own study, or the run's: the searcher always works on a study
 
@@ -127,11 +136,11 @@ class OptunaSearcher(StudySearcher):
         if self.worker:  # workers sample from seeds of their own
             self.sampler = make_sampler(self.sampler_name, self.seed + self.worker, len(self.objectives))
         self.study.sampler = self.sampler
-        if self.warm_start:
-            uniform = self.project({n: 0.0 for n in self.space.names}, fill=False)
-            self.study.enqueue_trial(dict(uniform), skip_if_exists=True)
+        starts = self.tilted_starts(self.tilts) if self.warm_start else []
         if self.prior_ratios is not None:
-            self.study.enqueue_trial(dict(sensitivity_allocation(self, self.prior_ratios)[0]), skip_if_exists=True)
+            starts.append(sensitivity_allocation(self, self.prior_ratios)[0])
+        for policy in starts:
+            self.study.enqueue_trial(dict(policy), skip_if_exists=True)
         self.run_open()
 
     def propose_for(self, trial: Trial) -> tuple[Policy, dict[str, Any]]:
