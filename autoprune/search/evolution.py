@@ -49,7 +49,7 @@ from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
 from autoprune.core.proxy import Proxy
 from autoprune.errors import ConfigError
-from autoprune.search.base import SearchOption
+from autoprune.search.base import TILTS_OPTION, SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
 from autoprune.search.sensitivity_scan import parse_grid
 from autoprune.search.shared import CandidateFailed, StudySearcher
@@ -119,9 +119,7 @@ class EvolutionSearcher(StudySearcher):
         SearchOption("selection", "evolution: fixed (children race the parent on the proxy's images; default) or "
                      "fresh (every generation draws new images of the proxy split, EvoPress-style; one process)",
                      choices=SELECTIONS),
-        SearchOption("tilts", "evolution: tilts of the starting points, the uniform policy with kept fractions going "
-                     "as (budget cost per parameter)^-tilt, a grid such as 0:0.4:0.1 (default) or 0 (uniform start)",
-                     metavar="GRID"),
+        TILTS_OPTION,
         PRIOR_OPTION,
         RATIOS_OPTION,
     )

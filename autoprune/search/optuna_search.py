@@ -24,7 +24,7 @@ from autoprune.core.budget import Budget
 from autoprune.core.evaluator import Evaluator
 from autoprune.core.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.search.base import SearchOption
+from autoprune.search.base import TILTS_OPTION, SearchOption
 from autoprune.search.sensitivity import (
     PRIOR_OPTION,
     RATIOS_OPTION,
@@ -90,9 +90,7 @@ class OptunaSearcher(StudySearcher):
     summary = "Optuna samplers (TPE, CMA-ES, GP, ...) over one float ratio per unit"
     options = (
         SearchOption("sampler", f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe)", choices=SAMPLERS),
-        SearchOption("tilts", "optuna: enqueue the uniform policy tilted by each value as the first trials, the "
-                     "starting points of evolution, e.g. 0:0.4:0.1 (default 0: the uniform policy alone)",
-                     metavar="GRID"),
+        TILTS_OPTION,
         PRIOR_OPTION,
         RATIOS_OPTION,
     )
