@@ -26,17 +26,20 @@ def machine_description() -> str:
 
 @functools.cache
 def source_revision() -> str | None:
-    """The git commit autoprune runs from (``+`` appended when its tracked files differ from it), or None when it
-    does not run from a git checkout (an installed wheel)."""
+    """The git commit autoprune runs from (``+`` appended when its code, the package or ``pyproject.toml``, differs
+    from it; results written into the checkout do not count), or None when it does not run from a git checkout
+    (an installed wheel)."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:
-        described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--abbrev=7", "--dirty=+"],
-                                   capture_output=True, text=True, timeout=30, check=True)
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "autoprune", "pyproject.toml"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return described.stdout.strip() or None
+    return (head + ("+" if changed else "")) or None
 
 
 def library_versions() -> str:
