@@ -39,7 +39,7 @@ def source_revision() -> str | None:
                                  capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return (head + ("+" if changed else "")) or None
+    return head + ("+" if changed else "") if head else None
 
 
 def library_versions() -> str:

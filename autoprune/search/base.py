@@ -59,10 +59,12 @@ class SearchOption:
         return self.flag or "--" + self.name.replace("_", "-")
 
 
+DEFAULT_TILTS = "0:0.4:0.1"
+"""Evolution's starting points (:meth:`Searcher.tilted_starts`); optuna's default is ``0``, the uniform policy alone."""
 TILTS_OPTION = SearchOption(
     "tilts", "tilts of the starting points: the uniform policy with kept fractions going as (budget cost per "
-    "parameter)^-tilt, a grid such as 0:0.4:0.1; evolution starts from the best of them (default 0:0.4:0.1), optuna "
-    "enqueues them as its first trials (default 0: the uniform policy alone)", metavar="GRID")
+    f"parameter)^-tilt, a grid such as {DEFAULT_TILTS}; evolution starts from the best of them (default "
+    f"{DEFAULT_TILTS}), optuna enqueues them as its first trials (default 0: the uniform policy alone)", metavar="GRID")
 
 
 @dataclass

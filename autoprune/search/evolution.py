@@ -49,7 +49,7 @@ from autoprune.core.moves import move_channels
 from autoprune.core.policy import Policy
 from autoprune.core.proxy import Proxy
 from autoprune.errors import ConfigError
-from autoprune.search.base import TILTS_OPTION, SearchOption
+from autoprune.search.base import DEFAULT_TILTS, TILTS_OPTION, SearchOption
 from autoprune.search.sensitivity import PRIOR_OPTION, RATIOS_OPTION, check_prior, sensitivity_allocation
 from autoprune.search.sensitivity_scan import parse_grid
 from autoprune.search.shared import CandidateFailed, StudySearcher
@@ -57,7 +57,6 @@ from autoprune.trials.study import TASK_ATTR, claim, done_tasks, drop, enqueue_t
 
 DEFAULT_OFFSPRING = 8
 DEFAULT_MOVES = 3
-DEFAULT_TILTS = "0:0.4:0.1"
 SELECTIONS = ("fixed", "fresh")
 
 
